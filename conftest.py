@@ -1,0 +1,37 @@
+"""Repository-wide pytest set-up.
+
+- Notebook items collected by nbval get the ``notebooks`` marker.
+- Notebooks and tests write their figures and results to a temporary folder
+  (``LTCORE_OUTPUT_DIR``), so running the tests never rewrites the committed
+  ``figures/`` and ``results/``; ``make reproduce`` is what regenerates those.
+"""
+import os
+import tempfile
+
+import pytest
+
+
+def pytest_configure(config):
+    if "LTCORE_OUTPUT_DIR" not in os.environ:
+        os.environ["LTCORE_OUTPUT_DIR"] = tempfile.mkdtemp(prefix="ltcore-test-output-")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.notebooks)
+    if not _has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False

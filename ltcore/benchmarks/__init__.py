@@ -1,0 +1,1 @@
+"""Benchmarks run with `python -m ltcore bench NAME`; each module exposes `main(argv) -> dict`."""

@@ -1,0 +1,69 @@
+"""Typed configuration with strict overrides, seeding and the one device helper.
+
+``override(config, {"lr": 0.05})`` returns a copy; an unknown key or a value of
+the wrong type is an error naming the key (nanoGPT's configurator, labml's Configs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from typing import Any, Mapping, TypeVar
+
+import numpy as np
+import torch
+
+C = TypeVar("C")
+
+
+def override(config: C, overrides: Mapping[str, Any]) -> C:
+    """A copy of the dataclass ``config`` with ``overrides`` applied, checked key by key."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    clean = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise KeyError(f"{type(config).__name__} has no setting {key!r}; valid: {', '.join(fields)}")
+        current = getattr(config, key)
+        if current is not None and value is not None and not _same_kind(current, value):
+            raise TypeError(f"{type(config).__name__}.{key} expects {type(current).__name__}, "
+                            f"got {type(value).__name__} ({value!r})")
+        clean[key] = tuple(value) if isinstance(current, tuple) else value
+    return dataclasses.replace(config, **clean)
+
+
+def _same_kind(current: Any, value: Any) -> bool:
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, float):
+        return isinstance(value, (int, float))
+    if isinstance(current, tuple):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(current))
+
+
+def get_device(preference: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple's MPS, then the CPU; anything else is passed to ``torch.device``.
+
+    ``LTCORE_DEVICE`` overrides ``"auto"``.
+    """
+    preference = os.environ.get("LTCORE_DEVICE", preference) if preference == "auto" else preference
+    if preference != "auto":
+        device = torch.device(preference)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {preference!r} requested but CUDA is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; returns a torch Generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator

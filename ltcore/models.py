@@ -1,0 +1,109 @@
+"""Backbones and the plain classifier that every method builds on.
+
+Backbones come from timm's ResNet (He et al., CVPR 2016). The IEM paper
+(section 4.2) trains a ResNet-10 from scratch on ImageNet-LT, "following [21]"
+(OLTR): BasicBlocks, one per stage, widths 64-128-256-512. For 28x28 inputs we
+swap the ImageNet stem (7x7/2 conv + max-pool) for a CIFAR-style 3x3/1 conv and
+run the last stage at stride 1 (timm's ``output_stride=16``, dilated), so the
+final feature map stays 7x7: region self-attention needs a spatial map.
+
+All variants are built by one factory, :func:`create_backbone`; the tiny
+``test_*`` variants exist for unit tests only.
+
+Taught in notebook 01, *Baselines*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from timm.models.resnet import BasicBlock, ResNet
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    channels: tuple[int, ...]
+    layers: tuple[int, ...]
+    small_input: bool  # CIFAR-style stem for 28x28 / 32x32 inputs
+    description: str
+
+
+BACKBONES = {
+    "resnet10": BackboneSpec((64, 128, 256, 512), (1, 1, 1, 1), False,
+                             "ResNet-10 of OLTR / the IEM paper, ImageNet stem, 224x224 inputs"),
+    "resnet10_small": BackboneSpec((32, 64, 128, 256), (1, 1, 1, 1), True,
+                                   "half-width ResNet-10, CIFAR stem: 28x28 -> 7x7 feature map (quick default)"),
+    "resnet10_tiny": BackboneSpec((16, 32, 64, 128), (1, 1, 1, 1), True,
+                                  "quarter-width ResNet-10, CIFAR stem, for fast CPU sweeps"),
+    "test_resnet": BackboneSpec((4, 8, 8, 16), (1, 1, 1, 1), True, "tiny variant for unit tests"),
+}
+
+
+class Backbone(nn.Module):
+    """A timm ResNet trunk returning the last feature map ``[B, C, H, W]``."""
+
+    def __init__(self, name: str, in_chans: int = 1, mean: float | tuple = 0.5, std: float | tuple = 0.5):
+        super().__init__()
+        if name not in BACKBONES:
+            raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        spec = BACKBONES[name]
+        # timm's plain stem is always 64 wide; its "deep" stem is 2 * stem_width wide, so asking for a deep
+        # stem of half the first stage's width and replacing it by one 3x3/1 conv gives a CIFAR stem of the
+        # first stage's width (no 1x1 projection into layer1).
+        stem_args = dict(stem_type="deep", stem_width=spec.channels[0] // 2) if spec.small_input else {}
+        net = ResNet(BasicBlock, spec.layers, num_classes=0, in_chans=in_chans, channels=spec.channels,
+                     output_stride=16 if spec.small_input else 32, global_pool="", **stem_args)
+        if spec.small_input:
+            net.conv1 = nn.Conv2d(in_chans, spec.channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+            net.bn1 = nn.BatchNorm2d(spec.channels[0])
+            net.maxpool = nn.Identity()
+        self.name = name
+        self.net = net
+        self.out_dim = spec.channels[-1]
+        shape = (1, in_chans, 1, 1)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).expand(shape).clone())
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).expand(shape).clone())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # (B, C_in, H, W) in [0, 1] -> (B, C, H/4, W/4) for small inputs, (B, C, H/32, W/32) otherwise
+        return self.net.forward_features((images - self.mean) / self.std)
+
+
+def create_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=0.2860, std=0.3530) -> Backbone:
+    """Build a named backbone; the default normalisation is Fashion-MNIST's pixel mean/std."""
+    return Backbone(name, in_chans, mean, std)
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier ``normalize(x) @ normalize(W)``: logits in [-1, 1], as LDAM (Cao et al. 2019) uses."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=1).T  # (B, L)
+
+
+class PlainClassifier(nn.Module):
+    """Backbone, global average pooling and a linear classifier: the "plain model" of both papers.
+
+    ``normed=True`` swaps the linear layer for a cosine classifier (LDAM-DRW's setting).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, normed: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = NormedLinear(backbone.out_dim, num_classes) if normed else nn.Linear(backbone.out_dim, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)  # (B, C, H, W)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
+        return self.fc(pooled)  # (B, num_classes)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
