@@ -81,9 +81,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ltcore import paths
+from ltcore.io import atomic_write
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_FORMAT_VERSION = 1
 
 
@@ -93,7 +95,7 @@ class PretrainedWeightsUnavailable(RuntimeError):
 
 def _short_reason(error: BaseException) -> str:
     lines = str(error).strip().splitlines() or [""]
-    return f"{type(error).__name__}: {lines[0][:240]}"
+    return f"{type(error).__name__}: {lines[0][:240].rstrip('.')}"
 
 
 # ============================================================================================ preprocessing
@@ -365,7 +367,7 @@ def _create_timm_backbone(
         raise PretrainedWeightsUnavailable(
             f"Could not obtain pretrained weights for image encoder {name!r} (timm {architecture!r}, from "
             f"{hub_id}): {_short_reason(error)}. This machine may be offline. Download the checkpoint where there "
-            f"is network access (e.g. `huggingface-cli download {hub_id}`) and pass "
+            f"is network access (e.g. `hf download {hub_id}`) and pass "
             f"weights_file='/path/to/model.safetensors' to image_encoder(), or use the offline default "
             f"image_encoder('efficientnet_lite0')."
         ) from None
@@ -417,12 +419,6 @@ def image_encoder(
 
 
 # ========================================================================================= embedding cache
-def default_cache_dir() -> Path:
-    """``$LTCORE_CACHE/embeddings`` if LTCORE_CACHE is set, else ``<repo>/.cache/ltcore/embeddings``."""
-    root = os.environ.get("LTCORE_CACHE")
-    return Path(root) / "embeddings" if root else REPO_ROOT / ".cache" / "ltcore" / "embeddings"
-
-
 def dataset_fingerprint(dataset: torch.utils.data.Dataset, batch_size: int = 1024) -> str:
     """A string that changes when the dataset's content changes.
 
@@ -455,14 +451,13 @@ def embedding_cache_path(
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     size = preprocessing.image_size or "native"
-    return Path(cache_dir or default_cache_dir()) / f"{encoder.name}-{size}-{digest}.npy", key
+    folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir("embeddings")
+    return folder / f"{encoder.name}-{size}-{digest}.npy", key
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
+def _write_npy(array: np.ndarray, filename: str) -> None:
+    with open(filename, "wb") as handle:  # a file object: np.save would append ".npy" to a bare name
+        np.save(handle, array)
 
 
 def embed_dataset(
@@ -480,8 +475,12 @@ def embed_dataset(
 
     Images are dataset tensors [C, H, W] in [0, 1] (grayscale C = 1 is repeated to 3 channels), resized to
     ``image_size`` (default: the encoder's) and normalised with the encoder's mean/std. With ``cache`` the
-    result is stored under ``cache_dir`` (default :func:`default_cache_dir`) keyed by the encoder name, its
+    result is stored under ``cache_dir`` (default ``ltcore.paths.cache_dir("embeddings")``, i.e.
+    ``$LTCORE_CACHE/embeddings`` or ``<repo>/.cache/ltcore/embeddings``) keyed by the encoder name, its
     weights identity, the preprocessing and the dataset fingerprint, written to a temporary file and renamed.
+    Embed the un-augmented dataset (``dataset.with_transform(None)``): with a random transform the content,
+    and so the fingerprint, changes on every pass. A dataset with a ``fingerprint`` attribute spares the
+    hashing pass of :func:`dataset_fingerprint`.
     """
     preprocessing = encoder.preprocessing if image_size is None else replace(encoder.preprocessing, image_size=image_size)
     if cache:
@@ -500,10 +499,9 @@ def embed_dataset(
         chunks.append(encoder.embed(images, preprocessing).cpu().numpy().astype(np.float32, copy=False))
     embeddings = np.concatenate(chunks, axis=0) if chunks else np.empty((0, encoder.embed_dim or 0), np.float32)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(path, lambda handle: np.save(handle, embeddings))
+        atomic_write(path, lambda tmp: _write_npy(embeddings, tmp))
         meta = key | {"shape": list(embeddings.shape), "weights": encoder.weights}
-        _atomic_write_bytes(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
+        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return embeddings
 
 
@@ -760,9 +758,11 @@ class MiniLMTextEncoder(TextEncoder):
             raise FileNotFoundError(f"sentence-transformers model folder not found: {folder}")
         with _hf_offline():
             sentence_model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+        dimension = getattr(sentence_model, "get_embedding_dimension", None)  # renamed in sentence-transformers 6
+        dimension = dimension or sentence_model.get_sentence_embedding_dimension
         super().__init__(
             num_classes,
-            sentence_model.get_sentence_embedding_dimension(),
+            dimension(),
             context_length=context_length,
             train_transformer=train_transformer,
         )

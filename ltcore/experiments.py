@@ -53,13 +53,19 @@ def loss_for(name: str, class_counts: np.ndarray, config: TrainConfig, **loss_kw
 
 def train_baseline(name: str, splits: LTSplits, config: TrainConfig, backbone: str = "resnet10_tiny",
                    progress: bool = True) -> dict:
-    """Train the baseline ``name`` (a key of ``BASELINES``); returns ``row``, ``predictions``, ``history``, ``model``."""
+    """Train the baseline ``name`` (a key of ``BASELINES``).
+
+    Returns a dict: ``row`` (results row), ``shots`` (:class:`~ltcore.metrics.ShotAccuracy`, with ``per_class``),
+    ``predictions`` (:func:`~ltcore.train.predict` output on the test split), ``history`` and ``model``.
+    """
     if name not in BASELINES:
         raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
-    model = PlainClassifier(create_backbone(backbone), splits.num_classes, BASELINES[name].normed_classifier)
+    in_chans = splits.train[0][0].shape[0]
+    model = PlainClassifier(create_backbone(backbone, in_chans), splits.num_classes, BASELINES[name].normed_classifier)
     started = time.perf_counter()
     history = fit(model, splits.train, loss_for(name, splits.class_counts, config), config, val_set=splits.val)
     predictions = predict(model, splits.test, config.eval_batch_size, progress=progress)
     seconds = time.perf_counter() - started
-    row = shot_row(splits.name, name, evaluate(predictions, splits.class_counts), seconds)
-    return {"row": row, "predictions": predictions, "history": history, "model": model}
+    shots = evaluate(predictions, splits.class_counts)
+    row = shot_row(splits.name, name, shots, seconds)
+    return {"row": row, "shots": shots, "predictions": predictions, "history": history, "model": model}

@@ -52,6 +52,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from ltcore.io import atomic_write
+
 INDEX_KINDS = ("flat", "hnsw")
 METRICS = ("cosine", "l2")
 FILE_FORMAT = "ltcore.index/1"
@@ -257,15 +259,9 @@ class VectorIndex:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index to ``path`` and its metadata to ``path + ".json"`` (both atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self._index, str(tmp))
-        meta = self.metadata() | {"size_bytes": tmp.stat().st_size, "sha256": _sha256_file(tmp)}
-        os.replace(tmp, path)
-        sidecar_tmp = _sidecar(path).with_name(_sidecar(path).name + ".tmp")
-        sidecar_tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(sidecar_tmp, _sidecar(path))
+        path = atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+        meta = self.metadata() | {"size_bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+        atomic_write(_sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
         return path
 
     @classmethod

@@ -70,9 +70,15 @@ class Backbone(nn.Module):
         return self.net.forward_features((images - self.mean) / self.std)
 
 
-def create_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=0.2860, std=0.3530) -> Backbone:
-    """Build a named backbone; the default normalisation is Fashion-MNIST's pixel mean/std."""
-    return Backbone(name, in_chans, mean, std)
+FASHION_MNIST_MEAN_STD = (0.2860, 0.3530)
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def create_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=None, std=None) -> Backbone:
+    """Build a named backbone. Inputs are images in [0, 1]; the backbone normalises them with ``mean``/``std``
+    (default: Fashion-MNIST's pixel statistics for 1 channel, ImageNet's for 3)."""
+    default_mean, default_std = FASHION_MNIST_MEAN_STD if in_chans == 1 else IMAGENET_MEAN_STD
+    return Backbone(name, in_chans, default_mean if mean is None else mean, default_std if std is None else std)
 
 
 class NormedLinear(nn.Module):

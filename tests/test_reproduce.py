@@ -1,0 +1,53 @@
+"""The headless reproduction runner: profiles, strict parameters, failures named by notebook and cell."""
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from ltcore import reproduce as rep
+
+
+def write_notebook(path, sources, parameters="PROFILE = 'quick'\nVALUE = 1"):
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = new_code_cell(parameters)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell] + [new_code_cell(source) for source in sources]
+    nbformat.write(nb, path)
+
+
+def test_every_committed_notebook_has_a_profile_parameter():
+    import papermill
+
+    found = rep.notebooks()
+    assert found, "no numbered notebooks found"
+    for notebook in found:
+        assert "PROFILE" in papermill.inspect_notebook(str(notebook)), notebook.name
+
+
+def test_profiles_resolve_per_notebook_overrides():
+    profile = rep.Profile("x", "", {"*": {"PROFILE": "full"}, "02_a": {"EPOCHS": 3}})
+    assert profile.parameters_for("02_a") == {"PROFILE": "full", "EPOCHS": 3}
+    assert profile.parameters_for("03_b") == {"PROFILE": "full"}
+    with pytest.raises(KeyError, match="unknown profile"):
+        rep.reproduce("huge")
+
+
+def test_unknown_parameter_is_an_error_naming_it(tmp_path):
+    write_notebook(tmp_path / "01_x.ipynb", ["print(VALUE)"])
+    with pytest.raises(KeyError, match=r"01_x.ipynb has no parameter\(s\) \['EPOCHS'\]"):
+        rep.check_parameters(tmp_path / "01_x.ipynb", {"EPOCHS": 2})
+
+
+def test_failing_notebook_is_named_with_its_cell(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rep, "NOTEBOOK_DIR", tmp_path)
+    write_notebook(tmp_path / "01_ok.ipynb", ["print(VALUE * 2)"])
+    write_notebook(tmp_path / "02_bad.ipynb", ["x = 1", "raise ValueError('broken on purpose')"])
+    write_notebook(tmp_path / "03_never.ipynb", ["print('not reached')"])
+    with pytest.raises(SystemExit) as info:
+        rep.reproduce("quick", output_dir=tmp_path / "out")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "FAILED: 02_bad.ipynb, cell 2" in err and "broken on purpose" in err
+    assert (tmp_path / "out" / "01_ok.ipynb").exists() and not (tmp_path / "out" / "03_never.ipynb").exists()
+    executed = nbformat.read(tmp_path / "out" / "01_ok.ipynb", as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "2\n"
