@@ -37,6 +37,7 @@ reproduce: setup
 # Regenerate the committed course notebooks (outputs included), figures/ and results/.
 notebooks: setup
 	$(PY) -m ltcore reproduce --profile quick --inplace
+	$(PY) -m ltcore readme
 
 test: setup
 	$(PY) -m pytest tests notebooks

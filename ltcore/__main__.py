@@ -3,6 +3,7 @@
 - ``reproduce --profile quick|full [--inplace] [--only 01 03] [-p NAME VALUE]``: run the notebooks headless.
 - ``bench memory|index|rac [args]``: the speed benchmarks (ratios measured in one run).
 - ``data fetch NAME`` / ``data list``: install or locate a dataset.
+- ``readme``: rewrite the README's results tables from ``results/*.json``.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="speed benchmarks")
     bench.add_argument("name", help="memory, index or rac")
     bench.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("readme", help="rewrite the README's results tables from results/*.json")
     data = sub.add_parser("data", help="datasets")
     data.add_argument("action", choices=["fetch", "list"])
     data.add_argument("name", nargs="?", default="fashion_mnist")
@@ -50,6 +52,10 @@ def main(argv=None) -> int:
         except ModuleNotFoundError:
             parser.error(f"unknown benchmark {args.name!r}; see ltcore/benchmarks/")
         module.main(args.args)
+    elif args.command == "readme":
+        from ltcore.readme import update_readme
+
+        print("README.md updated" if update_readme() else "README.md already up to date")
     elif args.command == "data":
         from ltcore.data.registry import DATASETS
 

@@ -1,0 +1,33 @@
+"""Keep the README's results tables equal to the committed ``results/*.json``.
+
+A block ``<!-- results:NAME -->`` ... ``<!-- /results -->`` in README.md is replaced by the
+markdown table of ``results/NAME.json``. ``python -m ltcore readme`` rewrites the blocks
+(``make notebooks`` does it after regenerating the results); a test checks they agree.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ltcore.paths import REPO_ROOT
+from ltcore.results import load_results, markdown_table
+
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+)(?P<cols>(?: [\w-]+)*) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def render(text: str, results_folder: Path) -> str:
+    def table(match: re.Match) -> str:
+        rows = load_results(match["name"], results_folder)
+        columns = match["cols"].split() or None
+        return f"{match.group(1)}{markdown_table(rows, columns)}\n{match.group(5)}"
+
+    return BLOCK.sub(table, text)
+
+
+def update_readme(readme: Path = REPO_ROOT / "README.md", results_folder: Path = REPO_ROOT / "results") -> bool:
+    """Rewrite the results blocks; returns whether anything changed."""
+    text = readme.read_text()
+    new = render(text, results_folder)
+    if new != text:
+        readme.write_text(new)
+    return new != text

@@ -1,0 +1,19 @@
+"""The README's results tables are the committed results files, not hand-edited numbers."""
+from ltcore.paths import REPO_ROOT
+from ltcore.readme import BLOCK, render
+from ltcore.results import save_results
+
+
+def test_readme_tables_match_committed_results():
+    text = (REPO_ROOT / "README.md").read_text()
+    assert BLOCK.search(text), "README has no results block"
+    assert render(text, REPO_ROOT / "results") == text, "run `python -m ltcore readme` after `make notebooks`"
+
+
+def test_render_replaces_a_block(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTCORE_OUTPUT_DIR", str(tmp_path))
+    save_results([{"dataset": "d", "method": "m", "many": 1.0, "medium": None, "few": 3.0, "overall": 2.0,
+                   "seconds": 4.0}], "toy")
+    text = "a\n<!-- results:toy method overall -->\nold\n<!-- /results -->\nb\n"
+    assert render(text, tmp_path / "results") == \
+        "a\n<!-- results:toy method overall -->\n| method | overall |\n|---|---|\n| m | 2.0 |\n<!-- /results -->\nb\n"
