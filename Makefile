@@ -39,17 +39,20 @@ notebooks: setup
 	$(PY) -m ltcore reproduce --profile quick --inplace
 	$(PY) -m ltcore readme
 
+# Two pytest workers; each notebook stays on one worker (--dist loadfile) with a single-threaded kernel.
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+
 test: setup
-	$(PY) -m pytest tests notebooks
+	$(PYTEST) tests notebooks
 
 test-fast: setup
-	$(PY) -m pytest tests
+	$(PYTEST) tests
 
 test-notebooks: setup
-	$(PY) -m pytest notebooks
+	$(PYTEST) notebooks
 
 test-slow: setup
-	$(PY) -m pytest tests -m slow
+	$(PYTEST) tests -m slow
 
 bench: setup
 	$(PY) -m ltcore bench memory

@@ -14,6 +14,9 @@ import pytest
 def pytest_configure(config):
     if "LTCORE_OUTPUT_DIR" not in os.environ:
         os.environ["LTCORE_OUTPUT_DIR"] = tempfile.mkdtemp(prefix="ltcore-test-output-")
+    # Notebook kernels run single-threaded, as `ltcore reproduce` runs them: the recorded outputs then do not
+    # depend on the machine's core count, and `pytest -n 2` runs two notebooks at once.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TQDM_DISABLE", "1")
 

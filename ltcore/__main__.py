@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     rep.add_argument("--output-dir", default=None)
     rep.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 04")
     rep.add_argument("--inplace", action="store_true", help="write the executed notebooks back to notebooks/")
+    rep.add_argument("--jobs", type=int, default=2, help="notebooks run at the same time (one thread each)")
     rep.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a parameter in every notebook run")
     bench = sub.add_parser("bench", help="speed benchmarks")
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         from ltcore.reproduce import reproduce
 
         extra = {name: _literal(value) for name, value in args.parameter}
-        reproduce(args.profile, args.output_dir, args.only, args.inplace, extra)
+        reproduce(args.profile, args.output_dir, args.only, args.inplace, extra, args.jobs)
     elif args.command == "bench":
         try:
             module = importlib.import_module(f"ltcore.benchmarks.{args.name}")

@@ -482,7 +482,9 @@ def embed_dataset(
     and so the fingerprint, changes on every pass. A dataset with a ``fingerprint`` attribute spares the
     hashing pass of :func:`dataset_fingerprint`.
     """
-    preprocessing = encoder.preprocessing if image_size is None else replace(encoder.preprocessing, image_size=image_size)
+    preprocessing = encoder.preprocessing
+    if image_size is not None:
+        preprocessing = replace(preprocessing, image_size=image_size)
     if cache:
         path, key = embedding_cache_path(encoder, preprocessing, dataset_fingerprint(dataset), cache_dir)
         if path.is_file():

@@ -20,29 +20,36 @@ Storage layout
   ``W`` (the largest bank, at most ``capacity``) also grows by doubling.
 * On the Python side: an exact-key index ``{(class, fingerprint): slot}`` and, per class,
   the slots from least to most recently touched (the age vector, see below).
-* Memory cost: 4 floats per key coordinate (key, two Adam moments) plus 8 bytes per padded
-  table cell; ImageNet-LT at full capacity (1000 x 50,000 slots x 512) would need ~400 GB,
-  which is why the paper's capacity is a limit, not an allocation.
+* Memory cost: 3 floats per key coordinate (key, two Adam moments), 8 bytes per padded
+  table cell, and during inference :meth:`read_all`'s packed copy of the keys. ImageNet-LT
+  at full capacity (1000 x 50,000 slots x 512) would need ~300 GB, which is why the paper's
+  capacity is a limit, not an allocation.
 
 Reading (eq. 1-2)
 -----------------
 ``p = sum_i s(q, k_i) v_i / sum_i s(q, k_i)`` with ``s(a, b) = 1 / (||a - b||^2 + delta)``
 over the top-n nearest keys of the bank (a bank with fewer than n slots uses all of them).
-:meth:`read` reads one bank per query (training, eq. 14-15); :meth:`read_all` reads every
-bank for every query (inference). Neither loops in Python over queries or classes: banks
-are grouped by padded width (sizes rounded up to 4 steps per power of two, so at most 25%
-padding and a few dozen groups at most), and each group is one gather + ``topk``.
 An empty bank reads as score 0 with all weights 0 (our choice; the paper never reads one).
+An exact float32 tie between the n-th and (n+1)-th distance is broken by ``torch.topk``.
+Neither read loops in Python over queries or classes; the only loop is over padded bank
+widths (sizes rounded up to 8 steps per power of two: at most 12.5% padding, a handful of
+widths in practice, at most 8 per doubling of the bank size).
+
+* :meth:`read` (training, eq. 14-15; one bank per query): one matrix product of the queries
+  with the keys of the banks the batch reads, each query keeps its own bank's columns,
+  ``topk``, then the n selected distances are recomputed directly as ``||q - k||^2`` (they
+  are back-propagated through, see Training).
+* :meth:`read_all` (inference, Section 3.3; every bank for every query): the banks of one
+  width are packed class-contiguously (``[C_w, w, D]``, cached until the next change) and
+  read with one batched matrix product ``||q||^2 + ||k||^2 - 2 q.k`` and one ``topk``.
+  Its float32 rounding is ~1e-7 (||q||^2 + ||k||^2), so it agrees with :meth:`read` to
+  ~1e-6 on unit-scale features (up to exact or near ties at the n-th neighbour).
 
 Our reading: "We leverage kd-tree [3] to build indices ... fast retrieval". We search
-exactly (brute force on the device) instead; a kd-tree gives the same top-n, and brute force
-is what GPUs and faiss' ``IndexFlatL2`` do at these dimensions (see
-``python -m ltcore bench memory``).
-
-Precision: :meth:`read` computes the n selected distances directly as ``||q - k||^2`` (it
-also back-propagates through them); :meth:`read_all` uses one matrix product,
-``||q||^2 + ||k||^2 - 2 q.k``, whose float32 rounding is about ``1e-7 (||q||^2 + ||k||^2)``.
-Both agree to ~1e-6 on unit-scale features.
+exactly by brute force instead: the same top-n, and what GPUs and faiss' ``IndexFlatL2`` do
+at these dimensions (``python -m ltcore bench memory`` compares with faiss). The cost of
+:meth:`read` grows with the total size of the banks a batch reads, that of
+:meth:`read_all` with the whole memory.
 
 Writing (eq. 3-4)
 -----------------
@@ -50,12 +57,13 @@ New (key, value) pairs are appended to the bank of their label. "If the key has 
 existed in the memory, the new key is not appended. Meanwhile, its corresponding value is
 updated": ``v <- gamma * v_new + (1 - gamma) * v_old`` -- eq. 4 as printed, so ``gamma``
 (0.99) weighs the NEW value. Our reading of "already existed": exactly equal float32 key in
-the bank of the same label (``-0.0`` equals ``0.0``). Equality is decided through a 124-bit
-fingerprint of the key's bit pattern (four multilinear hashes modulo 2^31 - 1, universal:
-two different keys collide with probability ~2^-124), so finding a duplicate costs O(D),
-not a scan of the bank. Items of one write call are processed in batch order, exactly as if
-written one by one, so duplicates inside a batch are merged too (each eq. 4 update is
-computed in float64 and stored as float32). Writing costs O(batch): dictionary updates per
+the bank of the same label (``-0.0`` equals ``0.0``). Equality is decided through a 120-bit
+fingerprint of the key's bit pattern (six multilinear hashes modulo the prime 2^20 - 3,
+computed exactly as one float64 matrix product; universal hashing: two different keys
+collide with probability ~2^-120), so finding a duplicate costs O(D), not a scan of the
+bank. Items of one write call are processed in batch order, exactly as if written one by
+one, so duplicates inside a batch are merged too (each eq. 4 update is computed in float64
+and stored as float32). Writing costs O(batch): dictionary updates per
 item plus a few scatters, whatever the bank size.
 
 Eviction (the age vector)
@@ -118,9 +126,9 @@ _FILE_FORMAT = "ltcore.memory.EpisodicMemory/1"
 _POOL_BUFFERS = ("keys", "values", "key_exp_avg", "key_exp_avg_sq", "value_exp_avg", "value_exp_avg_sq")
 _MOMENT_BUFFERS = _POOL_BUFFERS[2:]
 _CHUNK_ELEMENTS = 1 << 24  # bound on the temporaries of one read chunk (64 MB of float32)
-_FINGERPRINT_PRIME = (1 << 31) - 1
+_FINGERPRINT_PRIME = (1 << 20) - 3   # prime; six hashes modulo it make a 120-bit fingerprint
 _FINGERPRINT_SEED = 20200614
-_MAX_KEY_DIM = 1 << 15  # keeps the fingerprint sums below 2^63
+_MAX_KEY_DIM = 1 << 15  # 2D digits < 2^16 times multipliers < 2^20 sum below 2^52: exact in float64
 
 
 class MemoryRead(NamedTuple):
@@ -129,6 +137,15 @@ class MemoryRead(NamedTuple):
     scores: Tensor   # [B] eq. 1
     weights: Tensor  # [B, top_n] normalised eq. 2 weights, each row sums to 1 (0 for an empty bank)
     slots: Tensor    # [B, top_n] pool slots read, nearest first
+
+
+class _PackedBanks(NamedTuple):
+    """Banks of one padded width, copied class-contiguously for :meth:`EpisodicMemory.read_all`."""
+
+    classes: Tensor  # [C_g]
+    keys: Tensor     # [C_g, w, D]
+    key_sq: Tensor   # [C_g, 1, w] squared key norms, inf in the padding
+    values: Tensor   # [C_g, 1, w]
 
 
 @dataclass
@@ -181,7 +198,7 @@ class EpisodicMemory(nn.Module):
             self.register_buffer(name, torch.zeros(shape, device=device))
         self.register_buffer("bank_table", torch.full((num_classes, 0), -1, dtype=torch.long, device=device))
         generator = torch.Generator().manual_seed(_FINGERPRINT_SEED)
-        multipliers = torch.randint(1, _FINGERPRINT_PRIME, (4, 2 * key_dim), generator=generator)
+        multipliers = torch.randint(1, _FINGERPRINT_PRIME, (2 * key_dim, 6), generator=generator)
         self.register_buffer("_fingerprint_multipliers", multipliers.to(device), persistent=False)
 
         self._num_slots = 0          # slots 0 .. _num_slots-1 of the pool are in use
@@ -192,6 +209,7 @@ class EpisodicMemory(nn.Module):
         self._index: dict[tuple[int, int, int], int] = {}           # (class, fingerprint) -> slot
         self._age_order = [OrderedDict() for _ in range(num_classes)]  # least recently touched first
         self._recorded: list[_RecordedRead] = []
+        self._packed: list[_PackedBanks] | None = None  # read_all's layout; None after any change
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -254,47 +272,87 @@ class EpisodicMemory(nn.Module):
     def read_all(self, queries: Tensor) -> Tensor:
         """Read every bank for every query (Section 3.3, inference): scores [B, C] (0 for empty banks).
 
-        No side effects; differentiable with respect to the queries only.
+        No side effects on the banks; differentiable with respect to the queries only. The
+        first call after a change packs the banks class-contiguously (a copy of the keys, kept
+        until the next write, step or load), so repeated inference reads need no gather.
 
         Taught in notebook 02, *Inflated Episodic Memory*.
         """
         queries = self._check_keys(queries, "queries")
         scores = queries.new_zeros(len(queries), self.num_classes)  # [B, C]
-        num_slots = self._num_slots
-        groups = self._width_groups(self.bank_sizes(), pad_slot=num_slots)
-        if not groups:
-            return scores
-        keys = self.keys[:num_slots]                                 # [N, D]
-        key_sq = keys.square().sum(1)                                # [N]
-        values = F.pad(self.values[:num_slots], (0, 1))              # [N + 1]: slot N pads, value 0
-        chunk = max(1, _CHUNK_ELEMENTS // (num_slots + 1 + max(table.numel() for _, table in groups)))
-        for start in range(0, len(queries), chunk):
-            q = queries[start: start + chunk]                        # [b, D]
-            # ||q - k||^2 = ||q||^2 + ||k||^2 - 2 q.k: [b, D] @ [D, N] -> [b, N]
-            dist = torch.addmm(key_sq, q, keys.T, alpha=-2).add_(q.square().sum(1, keepdim=True))
-            dist = F.pad(dist.clamp_min(0), (0, 1), value=math.inf)  # [b, N + 1]: padding is infinitely far
-            for classes, table in groups:                            # table [C_g, w]
-                k = min(self.top_n, table.shape[1])
-                top_dist, top_pos = dist[:, table].topk(k, dim=-1, largest=False)  # [b, C_g, w] -> [b, C_g, k]
-                top_slots = table.expand(len(q), -1, -1).gather(-1, top_pos)       # [b, C_g, k]
-                similarity = 1.0 / (top_dist + self.delta)          # eq. 2; padding gets 0
-                scores[start: start + len(q), classes] = (
-                    (similarity * values[top_slots]).sum(-1) / similarity.sum(-1))  # eq. 1, [b, C_g]
+        query_sq = queries.square().sum(1)                           # [B]
+        for bank in self._packed_banks():
+            width = bank.keys.shape[1]
+            rows_per_chunk = max(1, min(len(queries), _CHUNK_ELEMENTS // width))
+            classes_per_chunk = max(1, _CHUNK_ELEMENTS // (width * rows_per_chunk))
+            for first in range(0, len(bank.classes), classes_per_chunk):
+                part = slice(first, first + classes_per_chunk)
+                keys, key_sq, values = bank.keys[part], bank.key_sq[part], bank.values[part]  # [c, w, D], [c, 1, w] x2
+                for start in range(0, len(queries), rows_per_chunk):
+                    q = queries[start: start + rows_per_chunk]              # [b, D]
+                    # ||q||^2 + ||k||^2 - 2 q.k: [c, b, D] @ [c, D, w] -> [c, b, w]; padding: inf
+                    dist = torch.baddbmm(key_sq, q.expand(len(keys), -1, -1), keys.transpose(1, 2), alpha=-2)
+                    dist = dist.add_(query_sq[start: start + len(q)].view(1, -1, 1)).clamp_min_(0)
+                    if width > self.top_n:
+                        dist, top_pos = dist.topk(self.top_n, dim=-1, largest=False, sorted=False)  # [c, b, n]
+                        read_values = values.expand(-1, len(q), -1).gather(-1, top_pos)    # [c, b, n]
+                    else:                    # every slot is among the top n: nothing to select
+                        read_values = values                                               # [c, 1, w]
+                    similarity = 1.0 / (dist + self.delta)                                # eq. 2; padding: 0
+                    read = (similarity * read_values).sum(-1) / similarity.sum(-1)        # eq. 1, [c, b]
+                    scores[start: start + len(q), bank.classes[part]] = read.T            # [b, c]
         return scores
 
+    def _packed_banks(self) -> list[_PackedBanks]:
+        """Non-empty banks grouped by padded width, keys copied class-contiguously (cached until a change)."""
+        if self._packed is None:
+            num_slots = self._num_slots
+            widths = _padded_widths(self.bank_sizes(), self.bank_table.shape[1])
+            key_sq = F.pad(self.keys[:num_slots].square().sum(1), (0, 1), value=math.inf)  # [N + 1]: slot N pads
+            values = F.pad(self.values[:num_slots], (0, 1))                                  # [N + 1]
+            self._packed = []
+            for width in np.unique(widths[widths > 0]).tolist():
+                classes = torch.from_numpy(np.flatnonzero(widths == width)).to(self.device)
+                table = self.bank_table[classes, :width]                  # [C_g, w] slots, -1 padded
+                table = table.masked_fill(table < 0, num_slots)
+                self._packed.append(_PackedBanks(
+                    classes, self.keys[table.clamp_max(num_slots - 1)],  # [C_g, w, D]; padding copies a key ...
+                    key_sq[table].unsqueeze(1), values[table].unsqueeze(1)))  # ... made infinitely far by key_sq
+        return self._packed
+
     def _nearest_slots(self, queries: Tensor, classes: Tensor) -> Tensor:
-        """[B, top_n] slots of the top-n nearest keys in each query's bank, nearest first, -1 padded."""
+        """[B, top_n] slots of the top-n nearest keys in each query's bank, nearest first, -1 padded.
+
+        One matrix product of the queries with the keys of the banks this batch reads (each
+        bank gathered once), then each query keeps the columns of its own bank.
+        """
         slots = torch.full((len(queries), self.top_n), -1, dtype=torch.long, device=self.device)
-        widths = _padded_widths(self.bank_sizes()[classes.cpu().numpy()], self.bank_table.shape[1])
+        needed, bank_of_query = torch.unique(classes, return_inverse=True)  # [U], [B]
+        sizes = self.bank_sizes()[needed.cpu().numpy()]                   # [U]
+        if sizes.sum() == 0:
+            return slots
+        table = self.bank_table[needed]                                  # [U, W] slots, -1 padded
+        bank_slots = table[table >= 0]                                   # [S] bank after bank, in append order
+        keys = self.keys[bank_slots]                                     # [S, D]
+        key_sq = keys.square().sum(1)                                    # [S]
+        offsets = torch.from_numpy(np.cumsum(sizes) - sizes).to(self.device)  # [U] first column of each bank
+        bank_sizes = torch.from_numpy(sizes).to(self.device)
+        widths = _padded_widths(sizes[bank_of_query.cpu().numpy()], table.shape[1])  # [B]
         for width in np.unique(widths[widths > 0]).tolist():
             rows = torch.from_numpy(np.flatnonzero(widths == width)).to(self.device)
+            positions = torch.arange(width, device=self.device)
             k = min(self.top_n, width)
-            for chunk in rows.split(max(1, _CHUNK_ELEMENTS // (width * self.key_dim))):
-                table = self.bank_table[classes[chunk], :width]         # [b, w] slots, -1 padded
-                keys = self.keys[table.clamp_min(0)]                    # [b, w, D]
-                dist = (keys - queries[chunk].unsqueeze(1)).square().sum(-1)  # [b, w, D] -> [b, w]
-                nearest = dist.masked_fill(table < 0, math.inf).topk(k, dim=1, largest=False).indices
-                slots[chunk, :k] = table.gather(1, nearest)             # [b, k]
+            for chunk in rows.split(max(1, _CHUNK_ELEMENTS // len(bank_slots))):
+                own = bank_of_query[chunk]                               # [b]
+                columns = offsets[own].unsqueeze(1) + positions          # [b, w] columns of each query's bank
+                outside = positions >= bank_sizes[own].unsqueeze(1)      # [b, w] padding
+                # ||k||^2 - 2 q.k ranks keys like ||q - k||^2 (||q||^2 is constant along a row): [b, D] @ [D, S] -> [b, S]
+                dist = torch.addmm(key_sq, queries[chunk], keys.T, alpha=-2)
+                columns = columns.clamp_max(len(bank_slots) - 1)        # padding: any column, masked below
+                dist = dist.gather(1, columns).masked_fill(outside, math.inf)  # [b, w]
+                nearest = dist.topk(k, dim=1, largest=False).indices    # [b, k]
+                chosen = bank_slots[columns.gather(1, nearest)]
+                slots[chunk, :k] = chosen.masked_fill(outside.gather(1, nearest), -1)  # a small bank pads with -1
         return slots
 
     def _weighted_read(self, queries: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
@@ -315,16 +373,6 @@ class EpisodicMemory(nn.Module):
         total = similarity.sum(1, keepdim=True)                      # [B, 1]
         weights = similarity / torch.where(total > 0, total, 1.0)    # an empty bank keeps weights 0
         return (weights * values[rows]).sum(1), weights              # eq. 1, [B]
-
-    def _width_groups(self, sizes: np.ndarray, pad_slot: int) -> list[tuple[Tensor, Tensor]]:
-        """Non-empty banks grouped by padded width: (classes [C_g], slot table [C_g, w] padded with pad_slot)."""
-        widths = _padded_widths(sizes, self.bank_table.shape[1])
-        groups = []
-        for width in np.unique(widths[widths > 0]).tolist():
-            classes = torch.from_numpy(np.flatnonzero(widths == width)).to(self.device)
-            table = self.bank_table[classes, :width]
-            groups.append((classes, table.masked_fill(table < 0, pad_slot)))
-        return groups
 
     # ------------------------------------------------------------------ writing (eq. 3-4)
     @torch.no_grad()
@@ -349,6 +397,7 @@ class EpisodicMemory(nn.Module):
         slot_values = dict(zip(known, self.values[known].tolist()))  # value of every slot this call changes
         placed: dict[int, int] = {}                   # slot -> batch row whose key it now holds
         appended: list[tuple[int, int, int]] = []     # (class, position in bank, slot)
+        num_slots, next_seq = self._num_slots, self._next_seq  # locals: nn.Module attribute writes are slow
         for row, (key_id, new_value) in enumerate(zip(key_ids, values.tolist())):
             age_order = self._age_order[key_id[0]]
             slot = self._index.get(key_id)
@@ -357,35 +406,36 @@ class EpisodicMemory(nn.Module):
                 age_order.move_to_end(slot)
                 continue
             if len(age_order) < self.capacity:        # eq. 3: append
-                slot = self._num_slots
-                self._num_slots += 1
+                slot, num_slots = num_slots, num_slots + 1
                 self._slot_key_id.append(key_id)
                 appended.append((key_id[0], len(age_order), slot))
             else:                                     # full: replace the oldest slot
                 slot, _ = age_order.popitem(last=False)
                 self._unindex(slot)
-            self._slot_key_id[slot] = key_id
+                self._slot_key_id[slot] = key_id
             self._index[key_id] = slot
             age_order[slot] = None
-            self._insert_seq[slot] = self._next_seq
-            self._next_seq += 1
+            self._insert_seq[slot], next_seq = next_seq, next_seq + 1
             slot_values[slot] = new_value
             placed[slot] = row
+        self._num_slots, self._next_seq = num_slots, next_seq
         self._store(keys, placed, slot_values, appended)
 
     def _store(self, keys: Tensor, placed: dict[int, int], slot_values: dict[int, float],
                appended: list[tuple[int, int, int]]) -> None:
         """Scatter one write call's outcome into the tensors (O(batch))."""
+        self._packed = None
+        device = self.device
         if placed:
-            slots = torch.tensor(list(placed), device=self.device)
-            self.keys[slots] = keys[torch.tensor(list(placed.values()), device=self.device)]
+            slots = torch.tensor(list(placed), device=device)
+            self.keys.index_copy_(0, slots, keys[torch.tensor(list(placed.values()), device=device)])
             for name in _MOMENT_BUFFERS:             # a new key starts with fresh Adam moments
-                getattr(self, name)[slots] = 0
+                getattr(self, name).index_fill_(0, slots, 0.0)
         if slot_values:
-            self.values[torch.tensor(list(slot_values), device=self.device)] = torch.tensor(
-                list(slot_values.values()), dtype=self.values.dtype, device=self.device)
+            self.values.index_copy_(0, torch.tensor(list(slot_values), device=device),
+                                    torch.tensor(list(slot_values.values()), dtype=self.values.dtype, device=device))
         if appended:
-            classes, positions, slots = (torch.tensor(column, device=self.device) for column in zip(*appended))
+            classes, positions, slots = (torch.tensor(column, device=device) for column in zip(*appended))
             self._grow_table(int(positions.max()) + 1)
             self.bank_table[classes, positions] = slots
 
@@ -424,14 +474,15 @@ class EpisodicMemory(nn.Module):
         return [(c, a, b) for c, (a, b) in zip(labels.tolist(), halves.tolist())]
 
     def _fingerprints(self, keys: Tensor) -> Tensor:
-        """[B, 2] int64: four 31-bit multilinear hashes (mod 2^31 - 1) of the keys' float32 bits, paired."""
+        """[B, 2] int64 fingerprints of float32 keys [B, D]: six 20-bit universal hashes, three per column."""
+        multipliers = self._fingerprint_multipliers.double()       # [2D, 6], entries < 2^20
         parts = []
-        multipliers = self._fingerprint_multipliers                  # [4, 2D], entries < 2^31
-        for chunk in keys.split(max(1, _CHUNK_ELEMENTS // (8 * self.key_dim))):
+        for chunk in keys.split(max(1, _CHUNK_ELEMENTS // (2 * self.key_dim))):
             bits = chunk.contiguous().view(torch.int32).long() & 0xFFFFFFFF   # [b, D] unsigned bit patterns
             digits = torch.stack((bits >> 16, bits & 0xFFFF), -1).flatten(1)  # [b, D, 2] -> [b, 2D], < 2^16
-            hashes = (digits.unsqueeze(1) * multipliers).sum(-1) % _FINGERPRINT_PRIME  # [b, 4, 2D] -> [b, 4]
-            parts.append(hashes[:, 0::2] << 31 | hashes[:, 1::2])  # [b, 2], each < 2^62
+            hashes = torch.remainder(digits.double() @ multipliers, _FINGERPRINT_PRIME).long()  # [b, 2D] @ [2D, 6] -> [b, 6]
+            hashes = hashes.view(-1, 2, 3)                                   # [b, 6] -> [b, 2, 3]
+            parts.append(hashes[..., 0] << 40 | hashes[..., 1] << 20 | hashes[..., 2])  # [b, 2], < 2^60
         return torch.cat(parts) if parts else keys.new_zeros((0, 2), dtype=torch.long)
 
     # ------------------------------------------------------------------ training (eq. 5, 14-16; 4.2)
@@ -471,6 +522,7 @@ class EpisodicMemory(nn.Module):
         _sparse_adam_(self.values, self.value_exp_avg, self.value_exp_avg_sq, used, value_grad,
                       self._adam_step, self.lr, self.betas, self.eps)
         self._reindex_and_touch(used)
+        self._packed = None
         return len(used)
 
     def _reindex_and_touch(self, slots: Tensor) -> None:
@@ -524,9 +576,13 @@ class EpisodicMemory(nn.Module):
         self._age_order = [OrderedDict.fromkeys(order.tolist()) for order in orders]
         self._slot_key_id = self._key_ids(self.keys[:n] + 0.0, torch.from_numpy(slot_class))
         self._index = {key_id: slot for slot, key_id in enumerate(self._slot_key_id)}
-        self._recorded = []
+        self._recorded, self._packed = [], None
         if len(self._index) != n:
             raise ValueError("episodic memory state is inconsistent: a bank holds duplicate keys")
+
+    def _apply(self, fn, *args, **kwargs):
+        self._packed = None  # .to(), .cuda(), ... move the buffers; the packed copy is rebuilt on demand
+        return super()._apply(fn, *args, **kwargs)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -536,11 +592,12 @@ class EpisodicMemory(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
-        # The banks may have another size than this module's: adopt the saved size, then copy.
+        # The banks may have another size than this module's: adopt the saved number of slots
+        # (pool) or width (table), then let nn.Module copy; other shape mismatches stay errors.
         for name in (*_POOL_BUFFERS, "bank_table"):
             incoming, own = state_dict.get(prefix + name), getattr(self, name)
-            if isinstance(incoming, Tensor) and incoming.dim() == own.dim() and incoming.shape[1:] == own.shape[1:] \
-                    and (name != "bank_table" or incoming.shape[0] == own.shape[0]):
+            fixed = (lambda shape: shape[:1]) if name == "bank_table" else (lambda shape: shape[1:])
+            if isinstance(incoming, Tensor) and incoming.dim() == own.dim() and fixed(incoming.shape) == fixed(own.shape):
                 self._buffers[name] = torch.empty(incoming.shape, dtype=own.dtype, device=own.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -625,10 +682,10 @@ class MemoryOptimizer:
 
 
 def _padded_widths(sizes: np.ndarray, max_width: int) -> np.ndarray:
-    """Bank sizes rounded up to 4 steps per power of two (<= 25% padding), capped at ``max_width``; 0 stays 0."""
+    """Bank sizes rounded up to 8 steps per power of two (<= 12.5% padding), capped at ``max_width``; 0 stays 0."""
     sizes = np.asarray(sizes, dtype=np.int64)
     power = np.left_shift(1, np.floor(np.log2(np.maximum(sizes, 1))).astype(np.int64))  # largest 2^k <= size
-    step = np.maximum(power // 4, 1)
+    step = np.maximum(power // 8, 1)
     return np.minimum(-(-sizes // step) * step, max_width)
 
 

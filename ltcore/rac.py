@@ -111,7 +111,9 @@ class RetrievalModule(nn.Module):
         if not 1 <= k < index.ntotal:
             raise ValueError(f"k must be between 1 and {index.ntotal - 1} (index size - 1), got {k}")
         if image_encoder.embed_dim is not None and image_encoder.embed_dim != index.dim:
-            raise ValueError(f"image encoder gives {image_encoder.embed_dim}-d embeddings, the index holds {index.dim}-d")
+            raise ValueError(
+                f"image encoder gives {image_encoder.embed_dim}-d embeddings, the index holds {index.dim}-d"
+            )
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.index = index
@@ -232,7 +234,9 @@ class RACModel(nn.Module):
 
     def _checked(self, logits: Tensor, branch: str) -> Tensor:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"{branch} branch gave logits of shape {tuple(logits.shape)}, expected [B, {self.num_classes}]")
+            raise ValueError(
+                f"{branch} branch gave logits of shape {tuple(logits.shape)}, expected [B, {self.num_classes}]"
+            )
         return logits
 
     def forward(

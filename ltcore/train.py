@@ -106,11 +106,13 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, model, optimizers)
         history, start_epoch = History(**state["history"]), state["epoch"] + 1
-        generator.manual_seed(config.seed + start_epoch)
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
     pass_epoch = _takes_epoch(loss_fn)
     started = time.perf_counter() - history.seconds
     for epoch in range(start_epoch, config.epochs):
+        # Data order and augmentation are seeded per epoch, so a resumed run sees what an uninterrupted one would.
+        generator.manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)
         for group in optimizers[0].param_groups:
             group["lr"] = lr_at(epoch, config)
         if hasattr(model, "on_epoch_start"):

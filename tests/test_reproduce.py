@@ -38,13 +38,21 @@ def test_unknown_parameter_is_an_error_naming_it(tmp_path):
         rep.check_parameters(tmp_path / "01_x.ipynb", {"EPOCHS": 2})
 
 
+def test_parameters_are_checked_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(rep, "NOTEBOOK_DIR", tmp_path)
+    write_notebook(tmp_path / "01_x.ipynb", ["print(VALUE)"])
+    with pytest.raises(KeyError, match="EPOCHS"):
+        rep.reproduce("quick", output_dir=tmp_path / "out", extra={"EPOCHS": 2})
+    assert not (tmp_path / "out").exists()
+
+
 def test_failing_notebook_is_named_with_its_cell(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rep, "NOTEBOOK_DIR", tmp_path)
     write_notebook(tmp_path / "01_ok.ipynb", ["print(VALUE * 2)"])
     write_notebook(tmp_path / "02_bad.ipynb", ["x = 1", "raise ValueError('broken on purpose')"])
     write_notebook(tmp_path / "03_never.ipynb", ["print('not reached')"])
     with pytest.raises(SystemExit) as info:
-        rep.reproduce("quick", output_dir=tmp_path / "out")
+        rep.reproduce("quick", output_dir=tmp_path / "out", jobs=1)
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "FAILED: 02_bad.ipynb, cell 2" in err and "broken on purpose" in err

@@ -38,25 +38,19 @@ TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 10.0
 
 
-def embedding_like(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    """n points: latent clusters -> random linear map to ``dim`` -> small isotropic noise. [n, dim] float32."""
-    latent = centres[rng.integers(len(centres), size=n)] + 0.35 * rng.standard_normal((n, centres.shape[1]))
-    return (latent @ projection + 0.05 * rng.standard_normal((n, dim))).astype(np.float32)  # (n, 16) @ (16, dim)
-
-
 def make_data(kind: str, n: int, queries: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(keys [n, dim], queries [queries, dim]) of the chosen synthetic distribution, seeded."""
-    rng = np.random.default_rng(seed)
-    if kind == "embedding":
-        latent_dim = 16
-        centres = rng.standard_normal((100, latent_dim))
-        projection = rng.standard_normal((latent_dim, dim)) / np.sqrt(latent_dim)
-        sample = lambda m: embedding_like(m, dim, rng, centres, projection)  # noqa: E731
-    elif kind == "isotropic":
-        centres = rng.standard_normal((100, dim))
-        sample = lambda m: (centres[rng.integers(100, size=m)] + 0.5 * rng.standard_normal((m, dim))).astype(np.float32)  # noqa: E731
-    else:
+    """(keys [n, dim], queries [queries, dim]) of the chosen synthetic distribution, seeded (module docstring)."""
+    if kind not in ("embedding", "isotropic"):
         raise ValueError(f"unknown data kind {kind!r}: embedding or isotropic")
+    rng = np.random.default_rng(seed)
+    latent_dim, spread, noise = (16, 0.35, 0.05) if kind == "embedding" else (dim, 0.5, 0.0)
+    centres = rng.standard_normal((100, latent_dim))
+    projection = rng.standard_normal((latent_dim, dim)) / np.sqrt(latent_dim) if kind == "embedding" else np.eye(dim)
+
+    def sample(m: int) -> np.ndarray:
+        latent = centres[rng.integers(100, size=m)] + spread * rng.standard_normal((m, latent_dim))
+        return (latent @ projection + noise * rng.standard_normal((m, dim))).astype(np.float32)  # (m, 16) @ (16, dim)
+
     return sample(n), sample(queries)
 
 

@@ -1,0 +1,227 @@
+"""Benchmark of the Inflated Episodic Memory (:mod:`ltcore.memory`; IEM paper Section 3.1, 4.2).
+
+Run with ``python -m ltcore bench memory`` (``--quick`` for the small sizes used by tests and
+notebook 02). Everything is measured in one process, methods interleaved round by round and
+the best round kept, so that the load of a shared machine hits every method alike:
+
+1. ``read_all`` (every bank for every query, batched) against a straightforward per-class
+   Python loop on the same banks, which computes each bank's eq. 1-2 with the same distance
+   formula; the outputs must agree to 1e-5 (asserted).
+2. ``read_all`` against faiss ``IndexFlatL2`` top-n, one index per class (built before timing:
+   in training the keys move every step, so a real faiss memory would also pay rebuilds),
+   followed by the same inverse-distance weighting (eq. 2) in numpy.
+3. ``write`` cost per item into banks holding ~1k slots against banks full at 50k slots
+   (every new key then evicts the oldest slot).
+
+Default sizes, 256 queries and top_n 50 throughout: 100 classes with banks of 800-1200 slots
+(uniform, mean ~1000) and keys of dimension 128, then 512; 1000 classes with tail-sized banks of
+10-30 slots, dimension 128. Writes: 40 batches of 256 keys of dimension 128 into 4 classes. Keys are class-clustered Gaussians. ``--threads`` sets ``torch.set_num_threads`` and
+``faiss.omp_set_num_threads`` to the same value for both sides; the default is 1 because on a
+shared machine an OpenMP region can wait milliseconds for a descheduled thread, which then
+measures the neighbours rather than the code (``--threads 2`` to use both cores).
+
+Taught in notebook 02, *Inflated Episodic Memory*.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Callable
+
+import faiss
+import numpy as np
+import torch
+
+from ltcore.memory import EpisodicMemory
+
+TARGET_SPEEDUP_VS_LOOP = 30.0
+TARGET_RATIO_VS_FAISS = 1.5
+TARGET_WRITE_RATIO = 1.5
+
+# read_all set-ups: (classes, smallest bank, largest bank, key dimension)
+DEFAULT = dict(reads=((100, 800, 1200, 128), (100, 800, 1200, 512), (1000, 10, 30, 128)), queries=256, top_n=50,
+               rounds=3, write_classes=4, write_dim=128, write_small=1000, write_large=50000, write_batches=40)
+QUICK = dict(reads=((20, 150, 250, 32),), queries=64, top_n=50, rounds=3,
+             write_classes=4, write_dim=32, write_small=100, write_large=2000, write_batches=10)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the three measurements, print a table and return every number."""
+    parser = argparse.ArgumentParser(prog="python -m ltcore bench memory", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests and notebooks")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch and faiss alike (default 1: stable on a shared machine)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    sizes = QUICK if args.quick else DEFAULT
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    reads = [_bench_reads(*setup, sizes, generator) for setup in sizes["reads"]]
+    writes = _bench_writes(sizes, generator)
+    results = {
+        "quick": args.quick, "threads": args.threads, "load_average_1min": os.getloadavg()[0],
+        "sizes": {k: [list(r) for r in v] if k == "reads" else v for k, v in sizes.items()},
+        "read_all": reads, "write": writes,
+        "targets": {
+            f"read_all >= {TARGET_SPEEDUP_VS_LOOP:g}x faster than the per-class loop":
+                all(r["speedup_vs_loop"] >= TARGET_SPEEDUP_VS_LOOP for r in reads),
+            f"read_all <= {TARGET_RATIO_VS_FAISS:g}x the time of faiss":
+                all(r["time_ratio_vs_faiss"] <= TARGET_RATIO_VS_FAISS for r in reads),
+            f"write per item at {sizes['write_large']} slots <= {TARGET_WRITE_RATIO:g}x at {sizes['write_small']}":
+                writes["ratio_large_vs_small"] <= TARGET_WRITE_RATIO,
+        },
+    }
+    _print_table(results)
+    return results
+
+
+# ---------------------------------------------------------------------------- reads
+def _bench_reads(num_classes: int, bank_min: int, bank_max: int, dim: int, sizes: dict,
+                 generator: torch.Generator) -> dict:
+    top_n = sizes["top_n"]
+    bank_sizes = torch.randint(bank_min, bank_max + 1, (num_classes,), generator=generator)
+    labels = torch.repeat_interleave(torch.arange(num_classes), bank_sizes)
+    labels = labels[torch.randperm(len(labels), generator=generator)]   # banks interleaved in the pool
+    centres = torch.randn(num_classes, dim, generator=generator)
+    keys = centres[labels] + 0.5 * torch.randn(len(labels), dim, generator=generator)
+    memory = EpisodicMemory(num_classes, dim, top_n=top_n).eval()
+    memory.write(keys, torch.rand(len(labels), generator=generator), labels)
+    query_classes = torch.randint(0, num_classes, (sizes["queries"],), generator=generator)
+    queries = centres[query_classes] + 0.5 * torch.randn(sizes["queries"], dim, generator=generator)
+
+    banks = [memory.bank(c)[1:] for c in range(num_classes)]           # per-class (keys [L, D], values [L])
+    indexes = [_faiss_index(bank_keys) for bank_keys, _ in banks]
+    with torch.no_grad():
+        times, outputs = _interleaved({
+            "ours": lambda: memory.read_all(queries),
+            "loop": lambda: _per_class_loop(queries, banks, top_n, memory.delta),
+            "faiss": lambda: _faiss_read_all(queries.numpy(), indexes, banks, top_n, memory.delta),
+        }, sizes["rounds"])
+    # An exact float32 tie between the n-th and (n+1)-th distance lets either slot in: both
+    # answers are right, so these (query, class) pairs are compared separately.
+    ties = _boundary_ties(queries, banks, top_n)
+    diff_loop = (outputs["ours"] - outputs["loop"]).abs()
+    diff_loop_untied = float(diff_loop[~ties].max())
+    diff_faiss = np.abs(outputs["ours"].numpy() - outputs["faiss"])
+    assert diff_loop_untied <= 1e-5, f"read_all differs from the per-class loop by {diff_loop_untied:.2e} > 1e-5"
+    return {"classes": num_classes, "dim": dim, "slots": memory.num_slots, "ours_ms": 1e3 * times["ours"], "loop_ms": 1e3 * times["loop"],
+            "faiss_ms": 1e3 * times["faiss"], "speedup_vs_loop": times["loop"] / times["ours"],
+            "time_ratio_vs_faiss": times["ours"] / times["faiss"], "max_abs_diff_vs_loop": diff_loop_untied,
+            "tied_pairs": int(ties.sum()), "max_abs_diff_vs_loop_tied_pairs": float(diff_loop.max()),
+            "max_abs_diff_vs_faiss": float(diff_faiss.max()),
+            # faiss rounds distances differently, so near-ties (not only exact ones) can swap a slot
+            "pairs_differing_from_faiss_by_1e-5": int((diff_faiss > 1e-5).sum())}
+
+
+def _per_class_loop(queries: torch.Tensor, banks: list[tuple[torch.Tensor, torch.Tensor]], top_n: int,
+                    delta: float) -> torch.Tensor:
+    """Eq. 1-2 one bank at a time: the straightforward implementation read_all replaces."""
+    scores = torch.zeros(len(queries), len(banks))
+    query_sq = queries.square().sum(1, keepdim=True)                    # [B, 1]
+    for c, (keys, values) in enumerate(banks):
+        if len(keys) == 0:
+            continue
+        dist = _distances(queries, query_sq, keys)                      # [B, L]
+        top_dist, top_index = dist.topk(min(top_n, len(keys)), dim=1, largest=False)
+        similarity = 1.0 / (top_dist + delta)
+        scores[:, c] = (similarity * values[top_index]).sum(1) / similarity.sum(1)
+    return scores
+
+
+def _distances(queries: torch.Tensor, query_sq: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Squared distances [B, L] as read_all computes them: ||q||^2 + ||k||^2 - 2 q.k."""
+    return torch.addmm(keys.square().sum(1), queries, keys.T, alpha=-2).add_(query_sq).clamp_min_(0)
+
+
+def _boundary_ties(queries: torch.Tensor, banks: list, top_n: int) -> torch.Tensor:
+    """[B, C] True where the n-th and (n+1)-th smallest distance of the bank are equal."""
+    query_sq = queries.square().sum(1, keepdim=True)
+    ties = torch.zeros(len(queries), len(banks), dtype=torch.bool)
+    for c, (keys, _) in enumerate(banks):
+        if len(keys) > top_n:
+            smallest = _distances(queries, query_sq, keys).topk(top_n + 1, dim=1, largest=False).values  # sorted
+            ties[:, c] = smallest[:, -1] == smallest[:, -2]
+    return ties
+
+
+def _faiss_index(keys: torch.Tensor) -> faiss.IndexFlatL2:
+    index = faiss.IndexFlatL2(keys.shape[1])
+    index.add(np.ascontiguousarray(keys.numpy()))
+    return index
+
+
+def _faiss_read_all(queries: np.ndarray, indexes: list, banks: list, top_n: int, delta: float) -> np.ndarray:
+    scores = np.zeros((len(queries), len(indexes)), dtype=np.float32)
+    for c, (index, (_, values)) in enumerate(zip(indexes, banks)):
+        top_dist, top_index = index.search(queries, min(top_n, index.ntotal))  # [B, n], [B, n]
+        similarity = 1.0 / (top_dist + delta)
+        scores[:, c] = (similarity * values.numpy()[top_index]).sum(1) / similarity.sum(1)
+    return scores
+
+
+# ---------------------------------------------------------------------------- writes
+def _bench_writes(sizes: dict, generator: torch.Generator) -> dict:
+    num_classes, dim, batch = sizes["write_classes"], sizes["write_dim"], 256
+    memories = {}
+    for name in ("small", "large"):
+        memory = EpisodicMemory(num_classes, dim, capacity=sizes["write_large"])
+        fill = sizes[f"write_{name}"] * num_classes
+        for start in range(0, fill, 4096):
+            count = min(4096, fill - start)
+            memory.write(torch.randn(count, dim, generator=generator), torch.rand(count, generator=generator),
+                         torch.arange(start, start + count) % num_classes)
+        memories[name] = memory
+    batches = [(torch.randn(batch, dim, generator=generator), torch.rand(batch, generator=generator),
+                torch.randint(0, num_classes, (batch,), generator=generator)) for _ in range(sizes["write_batches"])]
+    total = {"small": 0.0, "large": 0.0}
+    for keys, values, labels in batches:                                # interleaved, same batches for both
+        for name, memory in memories.items():
+            start = time.perf_counter()
+            memory.write(keys, values, labels)
+            total[name] += time.perf_counter() - start
+    items = batch * len(batches)
+    small, large = 1e6 * total["small"] / items, 1e6 * total["large"] / items
+    return {"dim": dim, "classes": num_classes, "batch": batch, "items": items,
+            "small_slots_per_bank": sizes["write_small"], "large_slots_per_bank": sizes["write_large"],
+            "us_per_item_small": small, "us_per_item_large": large, "ratio_large_vs_small": large / small,
+            "large_banks_full": all(memories["large"].bank_size(c) == sizes["write_large"] for c in range(num_classes))}
+
+
+# ---------------------------------------------------------------------------- helpers
+def _interleaved(methods: dict[str, Callable[[], object]], rounds: int) -> tuple[dict, dict]:
+    """Best wall time of each method over ``rounds`` rounds that run every method once, and its output."""
+    best = {name: float("inf") for name in methods}
+    outputs = {}
+    for _ in range(rounds):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            outputs[name] = method()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, outputs
+
+
+def _print_table(results: dict) -> None:
+    print(f"IEM memory benchmark ({'quick' if results['quick'] else 'default'} sizes, {results['threads']} "
+          f"thread(s) for torch and faiss, load average {results['load_average_1min']:.1f})")
+    print(f"{'read_all':<9}{'classes':>8}{'dim':>5}{'slots':>8}{'ours ms':>9}{'loop ms':>9}{'faiss ms':>9}"
+          f"{'loop/ours':>11}{'ours/faiss':>11}{'|d| loop':>10}{'ties':>6}{'|d| faiss':>10}")
+    for r in results["read_all"]:
+        print(f"{'':<9}{r['classes']:>8}{r['dim']:>5}{r['slots']:>8}{r['ours_ms']:>9.1f}{r['loop_ms']:>9.1f}{r['faiss_ms']:>9.1f}"
+              f"{r['speedup_vs_loop']:>10.2f}x{r['time_ratio_vs_faiss']:>10.2f}x"
+              f"{r['max_abs_diff_vs_loop']:>10.1e}{r['tied_pairs']:>6}{r['max_abs_diff_vs_faiss']:>10.1e}")
+    print("(|d| loop: max abs difference over (query, class) pairs without an exact tie at the n-th neighbour)")
+    w = results["write"]
+    print(f"write: {w['us_per_item_small']:.1f} us/item at {w['small_slots_per_bank']} slots per bank, "
+          f"{w['us_per_item_large']:.1f} us/item at {w['large_slots_per_bank']} (full, evicting): "
+          f"ratio {w['ratio_large_vs_small']:.2f}")
+    for target, met in results["targets"].items():
+        print(f"target {'met    ' if met else 'NOT met'}: {target}")
+
+
+if __name__ == "__main__":
+    main()

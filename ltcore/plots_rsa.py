@@ -1,0 +1,128 @@
+"""Pictures of region self-attention: region partitions (IEM Fig. 2) and attention over regions on images.
+
+Paper: Zhu & Yang, CVPR 2020, Section 3.2 (region partition, eq. 13). Regions are int64 [R, 4] rows
+``(top, left, height, width)`` in feature-map cells, as :func:`ltcore.rsa.region_partition` lists them.
+
+Taught in notebook 03, *Region self-attention*.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import Rectangle
+from torch import Tensor
+
+TOP_COLORS = ("tab:red", "tab:orange", "gold", "tab:green", "tab:cyan")
+
+
+def kernel_groups(regions: Tensor) -> list[tuple[tuple[int, int], Tensor]]:
+    """Split a region list [R, 4] into its kernels' groups: [((k_h, k_w), regions [R_k, 4]), ...].
+
+    :func:`ltcore.rsa.region_partition` lists each kernel's regions together, row-major from the top-left
+    corner, in every mode, so a group starts at each region whose corner is (0, 0); its first region is
+    never clipped, so its shape is the kernel.
+    """
+    regions = torch.as_tensor(regions)
+    starts = ((regions[:, 0] == 0) & (regions[:, 1] == 0)).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("regions must start with a region at the top-left corner (region_partition order)")
+    bounds = starts + [len(regions)]
+    return [((int(regions[a, 2]), int(regions[a, 3])), regions[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def region_attention_map(weights: Tensor, regions: Tensor, H: int, W: int) -> Tensor:
+    """Attention mass per cell: the summed weights of the regions covering it, [B, R] -> [B, H, W]."""
+    regions = torch.as_tensor(regions, device=weights.device)
+    if weights.dim() != 2 or weights.shape[1] != len(regions):
+        raise ValueError(f"weights must be [B, R={len(regions)}], got {tuple(weights.shape)}")
+    rows = torch.arange(H, device=weights.device)[None, :, None]  # (1, H, 1)
+    cols = torch.arange(W, device=weights.device)[None, None, :]  # (1, 1, W)
+    top, left, height, width = (part[:, None, None] for part in regions.unbind(dim=1))  # 4 x (R, 1, 1)
+    covers = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)  # (R, H, W)
+    return torch.einsum("br,rhw->bhw", weights, covers.to(weights.dtype))  # (B, R) x (R, H, W) -> (B, H, W)
+
+
+def _draw_grid(ax, H: int, W: int) -> None:
+    ax.set_xlim(-0.5, W - 0.5)
+    ax.set_ylim(H - 0.5, -0.5)
+    ax.set_xticks(np.arange(-0.5, W, 1.0))
+    ax.set_yticks(np.arange(-0.5, H, 1.0))
+    ax.grid(True, color="0.6", lw=0.6)
+    ax.tick_params(length=0, labelbottom=False, labelleft=False)
+    ax.set_aspect("equal")
+
+
+def _region_patch(region: Sequence[int], scale: float = 1.0, **style) -> Rectangle:
+    """A rectangle over a region; cell c spans pixels [c * scale, (c + 1) * scale), imshow centres pixels on integers."""
+    top, left, height, width = (int(v) for v in region)
+    return Rectangle((left * scale - 0.5, top * scale - 0.5), width * scale, height * scale, **style)
+
+
+def plot_partition(regions: Tensor, H: int, W: int, title: str = "") -> plt.Figure:
+    """One row per kernel, one small H x W grid per region with the region filled (IEM Fig. 2 redrawn)."""
+    groups = kernel_groups(regions)
+    columns = max(len(group) for _, group in groups)
+    fig, axes = plt.subplots(len(groups), columns, figsize=(0.8 * columns + 0.9, 0.85 * len(groups) + 0.4),
+                             squeeze=False)
+    for row, ((k_h, k_w), group) in enumerate(groups):
+        axes[row, 0].set_ylabel(f"{k_h}x{k_w}\n({len(group)})", rotation=0, ha="right", va="center", fontsize=9)
+        for col in range(columns):
+            ax = axes[row, col]
+            _draw_grid(ax, H, W)
+            if col >= len(group):
+                ax.axis("off")
+                continue
+            clipped = tuple(group[col, 2:].tolist()) != (k_h, k_w)
+            ax.add_patch(_region_patch(group[col], color="tab:orange" if clipped else "tab:blue", alpha=0.8))
+    fig.suptitle(title or f"{len(regions)} regions on a {H}x{W} map", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _display_image(image: Tensor) -> np.ndarray:
+    """[C, H, W] tensor (C = 1 or 3) -> array imshow can draw, min-max scaled to [0, 1]."""
+    array = image.detach().cpu().float()
+    array = (array - array.min()) / (array.max() - array.min()).clamp_min(1e-8)
+    return array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
+
+
+def plot_region_attention(images: Tensor, weights: Tensor, regions: Tensor, map_size: tuple[int, int],
+                          titles: Sequence[str] = (), top_k: int = 3, max_mass: Optional[float] = None) -> plt.Figure:
+    """Attention over regions on images [N, C, H_img, W_img]; weights [N, R]; regions [R, 4] on a map_size map.
+
+    Top row: the image with its top_k regions (rectangles, thicker = heavier, weight in the legend).
+    Bottom row: the attention mass per cell (:func:`region_attention_map`), upsampled (nearest) to the image.
+    """
+    H, W = map_size
+    mass = region_attention_map(weights, regions, H, W)  # (N, H, W)
+    upsampled = F.interpolate(mass[:, None], size=images.shape[-2:], mode="nearest")[:, 0]  # (N, H_img, W_img)
+    scale = images.shape[-1] / W  # image pixels per feature-map cell
+    vmax = float(max_mass if max_mass is not None else mass.max())
+    count = len(images)
+    fig, axes = plt.subplots(2, count, figsize=(1.75 * count, 4.1), squeeze=False)
+    for i in range(count):
+        picture = _display_image(images[i])
+        top_ax, mass_ax = axes[0, i], axes[1, i]
+        top_ax.imshow(picture, cmap="gray")
+        order = weights[i].argsort(descending=True)[:top_k]
+        for rank, r in enumerate(order.tolist()):
+            color = TOP_COLORS[rank % len(TOP_COLORS)]
+            top_ax.add_patch(_region_patch(regions[r], scale, fill=False, ec=color, lw=3.0 - 0.7 * rank,
+                                           label=f"{float(weights[i, r]):.3f}"))
+        top_ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.32), ncol=top_k, fontsize=6, frameon=False,
+                      handlelength=0.8, columnspacing=0.6)
+        mass_ax.imshow(picture, cmap="gray")
+        shown = mass_ax.imshow(upsampled[i].cpu().numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
+        if i < len(titles):
+            top_ax.set_title(titles[i], fontsize=8)
+        for ax in (top_ax, mass_ax):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel(f"top-{top_k} regions", fontsize=8)
+    axes[1, 0].set_ylabel("attention mass", fontsize=8)
+    fig.colorbar(shown, ax=axes[1, :].tolist(), fraction=0.015, pad=0.01)
+    return fig
