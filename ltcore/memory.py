@@ -259,7 +259,8 @@ class EpisodicMemory(nn.Module):
             return_weights: also return the normalised weights and slots (for plots).
         Returns:
             scores [B], or a :class:`MemoryRead` (scores [B], weights [B, top_n], slots [B, top_n]).
-        In training mode with grad enabled the slots read are recorded for :meth:`step`.
+        In training mode with grad enabled the slots read are recorded for :meth:`step` (and kept
+        until it runs); use ``memory.eval()`` or ``torch.no_grad()`` to only look.
 
         Taught in notebook 02, *Inflated Episodic Memory*.
         """
@@ -559,12 +560,12 @@ class EpisodicMemory(nn.Module):
             raise ValueError(f"episodic memory state is for {state['num_classes']} classes x {state['key_dim']} "
                              f"dims, this memory has {self.num_classes} x {self.key_dim}")
         n, sizes = int(state["num_slots"]), state["bank_sizes"].tolist()
-        table = self.bank_table.cpu()
-        if self.keys.shape[0] != n or sum(sizes) != n or len(state["age_order"]) != n or len(sizes) != self.num_classes:
+        table, age_order = self.bank_table.cpu(), state["age_order"].cpu()   # a load may map them to a GPU
+        if self.keys.shape[0] != n or sum(sizes) != n or len(age_order) != n or len(sizes) != self.num_classes:
             raise ValueError(f"episodic memory state is inconsistent: {n} slots, {self.keys.shape[0]} keys, "
                              f"bank sizes summing to {sum(sizes)}")
         slot_class = np.full(n, -1, dtype=np.int64)
-        orders = state["age_order"].split(sizes)
+        orders = age_order.split(sizes)
         for c, (size, order) in enumerate(zip(sizes, orders)):
             row = table[c]
             if (size > len(row) or bool((row[:size] < 0).any()) or bool((row[size:] >= 0).any())
@@ -572,7 +573,7 @@ class EpisodicMemory(nn.Module):
                 raise ValueError(f"episodic memory state is inconsistent: bank {c} table and age order differ")
             slot_class[row[:size].numpy()] = c
         self._num_slots, self._adam_step, self._next_seq = n, int(state["adam_step"]), int(state["next_seq"])
-        self._insert_seq = state["insert_seq"].numpy().astype(np.int64).copy()
+        self._insert_seq = state["insert_seq"].cpu().numpy().astype(np.int64)
         self._age_order = [OrderedDict.fromkeys(order.tolist()) for order in orders]
         self._slot_key_id = self._key_ids(self.keys[:n] + 0.0, torch.from_numpy(slot_class))
         self._index = {key_id: slot for slot, key_id in enumerate(self._slot_key_id)}

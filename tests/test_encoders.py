@@ -158,10 +158,10 @@ class TinyImages(torch.utils.data.Dataset):
 
 
 def test_embed_dataset_matches_direct_embedding_and_caches(tmp_path, monkeypatch):
-    encoder = image_encoder("random_init", image_size=32)
+    encoder = image_encoder("test_efficientnet", pretrained=False, image_size=32)
     dataset = TinyImages()
     embeddings = embed_dataset(encoder, dataset, batch_size=4, cache_dir=tmp_path, progress=False)
-    assert embeddings.dtype == np.float32 and embeddings.shape == (10, 1280)
+    assert embeddings.dtype == np.float32 and embeddings.shape == (10, encoder.embed_dim)
     np.testing.assert_allclose(embeddings, encoder.embed(dataset.images).numpy(), rtol=1e-5, atol=1e-5)
     assert len(list(tmp_path.glob("*.npy"))) == 1 and not list(tmp_path.glob("*.tmp"))
 
@@ -174,6 +174,10 @@ def test_embed_dataset_matches_direct_embedding_and_caches(tmp_path, monkeypatch
         embed_dataset(encoder, TinyImages(seed=1), cache_dir=tmp_path, progress=False)
     with pytest.raises(AssertionError, match="cache miss"):  # other image size -> other key
         embed_dataset(encoder, dataset, image_size=48, cache_dir=tmp_path, progress=False)
+    other_weights = image_encoder("test_efficientnet", pretrained=False, image_size=32, seed=1)
+    monkeypatch.setattr(other_weights, "embed", fail)
+    with pytest.raises(AssertionError, match="cache miss"):  # other weights -> other key
+        embed_dataset(other_weights, dataset, cache_dir=tmp_path, progress=False)
 
 
 def test_default_cache_is_under_ltcore_cache(monkeypatch, tmp_path):

@@ -13,6 +13,11 @@ from ltcore.memory import EpisodicMemory, MemoryOptimizer
 D = 8
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
 def random_memory(num_classes=4, sizes=(5, 30, 0, 12), top_n=6, capacity=50, seed=0, **kwargs):
     """A memory whose bank c holds sizes[c] random keys, written in shuffled class order."""
     g = torch.Generator().manual_seed(seed)
@@ -159,7 +164,7 @@ def test_eviction_replaces_the_least_recently_touched_slot():
 
 def test_step_touches_the_slots_it_updates_in_write_order():
     memory = EpisodicMemory(1, D, capacity=4, top_n=2, lr=1e-3)
-    keys = torch.randn(4, D)
+    keys = 10 * torch.eye(D)[:4]                                              # far apart
     memory.write(keys, torch.rand(4), torch.zeros(4, dtype=torch.long))   # slots 0..3, order 0 1 2 3
     query = (keys[3] + keys[1]).unsqueeze(0) / 2                           # nearest: slots 3 and 1
     read = memory.read(query, torch.tensor([0]), return_weights=True)
@@ -257,6 +262,14 @@ def test_read_all_equals_read_and_a_per_class_loop():
     np.testing.assert_allclose(scores.numpy(), loop, atol=1e-5)
 
 
+def test_read_all_is_differentiable_with_respect_to_the_queries():
+    memory = random_memory().eval()
+    queries = torch.randn(5, D, requires_grad=True)
+    (grad_all,) = torch.autograd.grad(memory.read_all(queries)[:, 1].sum(), queries)
+    (grad_one,) = torch.autograd.grad(memory.read(queries, torch.ones(5, dtype=torch.long)).sum(), queries)
+    torch.testing.assert_close(grad_all, grad_one, rtol=1e-4, atol=1e-5)
+
+
 def test_read_all_cache_follows_writes():
     memory = random_memory()
     queries = torch.randn(4, D)
@@ -340,7 +353,9 @@ def test_zero_grad_keeps_the_records_and_eval_reads_record_nothing():
     score = memory.read(queries, torch.tensor([0, 1, 3])).sum()
     MemoryOptimizer(memory).zero_grad()     # the trainer zeroes gradients after the forward pass
     score.backward()
-    assert MemoryOptimizer(memory).step() is None and memory.step() == 0   # applied once, then forgotten
+    before = memory.keys.clone()
+    MemoryOptimizer(memory).step()
+    assert not torch.equal(memory.keys, before) and memory.step() == 0   # applied once, then forgotten
     memory.eval()
     before = memory.keys.clone()
     memory.read(queries.requires_grad_(True), torch.tensor([0, 1, 3])).sum().backward()

@@ -142,8 +142,8 @@ class SmallBase(nn.Module):
 
 @pytest.fixture(scope="module")
 def cnn_setup():
-    """A frozen conv encoder with batch norm (EfficientNet-Lite0 architecture at 32 px) and its index."""
-    encoder = image_encoder("random_init", image_size=32)
+    """A frozen conv encoder with batch norm (timm's tiny test EfficientNet at 32 px) and its index."""
+    encoder = image_encoder("test_efficientnet", pretrained=False, image_size=32)
     images = make_images(24, seed=1)
     index = VectorIndex.build(encoder.embed(images).numpy(), "hnsw", progress=False)
     texts = label_texts(torch.arange(24) % NUM_CLASSES, CLASS_NAMES)
