@@ -31,9 +31,10 @@ Reading (eq. 1-2)
 over the top-n nearest keys of the bank (a bank with fewer than n slots uses all of them).
 An empty bank reads as score 0 with all weights 0 (our choice; the paper never reads one).
 An exact float32 tie between the n-th and (n+1)-th distance is broken by ``torch.topk``.
-Neither read loops in Python over queries or classes; the only loop is over padded bank
+Neither read loops in Python over queries or classes; the only loops are over padded bank
 widths (sizes rounded up to 8 steps per power of two: at most 12.5% padding, a handful of
-widths in practice, at most 8 per doubling of the bank size).
+widths in practice, at most 8 per doubling of the bank size) and over chunks that keep the
+temporaries under 64 MB.
 
 * :meth:`read` (training, eq. 14-15; one bank per query): one matrix product of the queries
   with the keys of the banks the batch reads, each query keeps its own bank's columns,
@@ -347,7 +348,8 @@ class EpisodicMemory(nn.Module):
                 own = bank_of_query[chunk]                               # [b]
                 columns = offsets[own].unsqueeze(1) + positions          # [b, w] columns of each query's bank
                 outside = positions >= bank_sizes[own].unsqueeze(1)      # [b, w] padding
-                # ||k||^2 - 2 q.k ranks keys like ||q - k||^2 (||q||^2 is constant along a row): [b, D] @ [D, S] -> [b, S]
+                # ||k||^2 - 2 q.k ranks keys like ||q - k||^2 (||q||^2 is constant along a row)
+                # [b, D] @ [D, S] -> [b, S]
                 dist = torch.addmm(key_sq, queries[chunk], keys.T, alpha=-2)
                 columns = columns.clamp_max(len(bank_slots) - 1)        # padding: any column, masked below
                 dist = dist.gather(1, columns).masked_fill(outside, math.inf)  # [b, w]
@@ -481,7 +483,8 @@ class EpisodicMemory(nn.Module):
         for chunk in keys.split(max(1, _CHUNK_ELEMENTS // (2 * self.key_dim))):
             bits = chunk.contiguous().view(torch.int32).long() & 0xFFFFFFFF   # [b, D] unsigned bit patterns
             digits = torch.stack((bits >> 16, bits & 0xFFFF), -1).flatten(1)  # [b, D, 2] -> [b, 2D], < 2^16
-            hashes = torch.remainder(digits.double() @ multipliers, _FINGERPRINT_PRIME).long()  # [b, 2D] @ [2D, 6] -> [b, 6]
+            # [b, 2D] @ [2D, 6] -> [b, 6]; every partial sum is an integer below 2^52, so exact
+            hashes = torch.remainder(digits.double() @ multipliers, _FINGERPRINT_PRIME).long()
             hashes = hashes.view(-1, 2, 3)                                   # [b, 6] -> [b, 2, 3]
             parts.append(hashes[..., 0] << 40 | hashes[..., 1] << 20 | hashes[..., 2])  # [b, 2], < 2^60
         return torch.cat(parts) if parts else keys.new_zeros((0, 2), dtype=torch.long)
@@ -598,7 +601,8 @@ class EpisodicMemory(nn.Module):
         for name in (*_POOL_BUFFERS, "bank_table"):
             incoming, own = state_dict.get(prefix + name), getattr(self, name)
             fixed = (lambda shape: shape[:1]) if name == "bank_table" else (lambda shape: shape[1:])
-            if isinstance(incoming, Tensor) and incoming.dim() == own.dim() and fixed(incoming.shape) == fixed(own.shape):
+            if isinstance(incoming, Tensor) and incoming.dim() == own.dim() \
+                    and fixed(incoming.shape) == fixed(own.shape):
                 self._buffers[name] = torch.empty(incoming.shape, dtype=own.dtype, device=own.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

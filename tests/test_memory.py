@@ -424,7 +424,8 @@ def test_state_dict_round_trip_inside_a_parent_module():
     for name in ("global", "local"):
         assert_same_memory(parent[name], fresh[name])
     with pytest.raises(ValueError, match="4 classes"):
-        nn.ModuleDict({"global": EpisodicMemory(5, D), "local": EpisodicMemory(4, D)}).load_state_dict(parent.state_dict())
+        wrong = nn.ModuleDict({"global": EpisodicMemory(5, D), "local": EpisodicMemory(4, D)})
+        wrong.load_state_dict(parent.state_dict())
 
 
 def test_unreadable_files_give_errors_naming_the_file(tmp_path):

@@ -16,7 +16,7 @@ copy of the banks are built before timing (in training the keys move every step,
 memory would also pay rebuilds); read_all's first, packing call is reported as "cold".
 3. ``write`` cost per item into banks of ~1k slots (1000 at the start, appending, so pool
    growth is included) against banks full at 50k slots (every new key evicts the oldest
-   slot); the same batches go to both, interleaved.
+   slot); the same batches go to both, interleaved, best of the rounds.
 
 Default sizes, 256 queries and top_n 50 throughout: 100 classes with banks of 800-1200 slots
 (uniform, mean ~1000) and keys of dimension 128, then 512; 1000 classes with tail-sized banks of
@@ -181,29 +181,35 @@ def _faiss_read_all(queries: np.ndarray, indexes: list, banks: list, top_n: int,
 # ---------------------------------------------------------------------------- writes
 def _bench_writes(sizes: dict, generator: torch.Generator) -> dict:
     num_classes, dim, batch = sizes["write_classes"], sizes["write_dim"], 256
-    memories = {}
-    for name in ("small", "large"):
+
+    def filled(slots_per_bank: int) -> EpisodicMemory:
         memory = EpisodicMemory(num_classes, dim, capacity=sizes["write_large"])
-        fill = sizes[f"write_{name}"] * num_classes
+        fill = slots_per_bank * num_classes
         for start in range(0, fill, 4096):
             count = min(4096, fill - start)
             memory.write(torch.randn(count, dim, generator=generator), torch.rand(count, generator=generator),
                          torch.arange(start, start + count) % num_classes)
-        memories[name] = memory
+        return memory
+
+    large = filled(sizes["write_large"])          # stays full: every round evicts as much as the first
     batches = [(torch.randn(batch, dim, generator=generator), torch.rand(batch, generator=generator),
                 torch.randint(0, num_classes, (batch,), generator=generator)) for _ in range(sizes["write_batches"])]
-    total = {"small": 0.0, "large": 0.0}
-    for keys, values, labels in batches:                                # interleaved, same batches for both
-        for name, memory in memories.items():
-            start = time.perf_counter()
-            memory.write(keys, values, labels)
-            total[name] += time.perf_counter() - start
+    best = {"small": float("inf"), "large": float("inf")}
+    for _ in range(sizes["rounds"]):
+        memories = {"small": filled(sizes["write_small"]), "large": large}   # a fresh ~1k-slot memory per round
+        total = {"small": 0.0, "large": 0.0}
+        for keys, values, labels in batches:                            # interleaved, same batches for both
+            for name, memory in memories.items():
+                start = time.perf_counter()
+                memory.write(keys, values, labels)
+                total[name] += time.perf_counter() - start
+        best = {name: min(best[name], total[name]) for name in best}
     items = batch * len(batches)
-    small, large = 1e6 * total["small"] / items, 1e6 * total["large"] / items
+    small, large_cost = 1e6 * best["small"] / items, 1e6 * best["large"] / items
     return {"dim": dim, "classes": num_classes, "batch": batch, "items": items,
             "small_slots_per_bank": sizes["write_small"], "large_slots_per_bank": sizes["write_large"],
-            "us_per_item_small": small, "us_per_item_large": large, "ratio_large_vs_small": large / small,
-            "large_banks_full": all(memories["large"].bank_size(c) == sizes["write_large"] for c in range(num_classes))}
+            "us_per_item_small": small, "us_per_item_large": large_cost, "ratio_large_vs_small": large_cost / small,
+            "large_banks_full": all(large.bank_size(c) == sizes["write_large"] for c in range(num_classes))}
 
 
 # ---------------------------------------------------------------------------- helpers
