@@ -59,12 +59,12 @@ existed in the memory, the new key is not appended. Meanwhile, its corresponding
 updated": ``v <- gamma * v_new + (1 - gamma) * v_old`` -- eq. 4 as printed, so ``gamma``
 (0.99) weighs the NEW value. Our reading of "already existed": exactly equal float32 key in
 the bank of the same label (``-0.0`` equals ``0.0``). Equality is decided through a 120-bit
-fingerprint of the key's bit pattern (six multilinear hashes modulo the prime 2^20 - 3,
-computed exactly as one float64 matrix product; universal hashing: two different keys
-collide with probability ~2^-120), so finding a duplicate costs O(D), not a scan of the
-bank. Items of one write call are processed in batch order, exactly as if written one by
-one, so duplicates inside a batch are merged too (each eq. 4 update is computed in float64
-and stored as float32). Writing costs O(batch): dictionary updates per
+fingerprint of the key's bit pattern (six multilinear hashes of its 16-bit halves modulo the
+prime 2^20 - 3, computed exactly as one float64 matrix product; universal hashing: two
+different keys collide with probability ~2^-120), so finding a duplicate costs O(D), not a
+scan of the bank. Items of one write call are processed in batch order, exactly as if
+written one by one, so duplicates inside a batch are merged too (each eq. 4 update is
+computed in float64 and stored as float32). Writing costs O(batch): dictionary updates per
 item plus a few scatters, whatever the bank size.
 
 Eviction (the age vector)
@@ -129,7 +129,7 @@ _MOMENT_BUFFERS = _POOL_BUFFERS[2:]
 _CHUNK_ELEMENTS = 1 << 24  # bound on the temporaries of one read chunk (64 MB of float32)
 _FINGERPRINT_PRIME = (1 << 20) - 3   # prime; six hashes modulo it make a 120-bit fingerprint
 _FINGERPRINT_SEED = 20200614
-_MAX_KEY_DIM = 1 << 15  # 2D digits < 2^16 times multipliers < 2^20 sum below 2^52: exact in float64
+_MAX_KEY_DIM = 1 << 15  # 2D digits |d| <= 2^15 times multipliers < 2^20 sum below 2^51: exact in float64
 
 
 class MemoryRead(NamedTuple):
@@ -325,8 +325,9 @@ class EpisodicMemory(nn.Module):
     def _nearest_slots(self, queries: Tensor, classes: Tensor) -> Tensor:
         """[B, top_n] slots of the top-n nearest keys in each query's bank, nearest first, -1 padded.
 
-        One matrix product of the queries with the keys of the banks this batch reads (each
-        bank gathered once), then each query keeps the columns of its own bank.
+        One matrix product of the queries with the keys of the banks this batch reads (gathered
+        once; the pool itself when they are most of it), then each query keeps its own bank's
+        columns.
         """
         slots = torch.full((len(queries), self.top_n), -1, dtype=torch.long, device=self.device)
         needed, bank_of_query = torch.unique(classes, return_inverse=True)  # [U], [B]
@@ -334,28 +335,28 @@ class EpisodicMemory(nn.Module):
         if sizes.sum() == 0:
             return slots
         table = self.bank_table[needed]                                  # [U, W] slots, -1 padded
-        bank_slots = table[table >= 0]                                   # [S] bank after bank, in append order
-        keys = self.keys[bank_slots]                                     # [S, D]
+        in_place = 2 * int(sizes.sum()) >= self._num_slots
+        if in_place:                                                     # columns are slot ids
+            keys = self.keys[: self._num_slots]                          # [N, D]
+        else:                                                            # columns: banks one after another
+            keys = self.keys[table[table >= 0]]                          # [S, D]
+            offsets = torch.from_numpy(np.cumsum(sizes) - sizes).to(self.device)  # [U] first column of a bank
         key_sq = keys.square().sum(1)                                    # [S]
-        offsets = torch.from_numpy(np.cumsum(sizes) - sizes).to(self.device)  # [U] first column of each bank
-        bank_sizes = torch.from_numpy(sizes).to(self.device)
         widths = _padded_widths(sizes[bank_of_query.cpu().numpy()], table.shape[1])  # [B]
         for width in np.unique(widths[widths > 0]).tolist():
             rows = torch.from_numpy(np.flatnonzero(widths == width)).to(self.device)
             positions = torch.arange(width, device=self.device)
-            k = min(self.top_n, width)
-            for chunk in rows.split(max(1, _CHUNK_ELEMENTS // len(bank_slots))):
+            for chunk in rows.split(max(1, _CHUNK_ELEMENTS // len(keys))):
                 own = bank_of_query[chunk]                               # [b]
-                columns = offsets[own].unsqueeze(1) + positions          # [b, w] columns of each query's bank
-                outside = positions >= bank_sizes[own].unsqueeze(1)      # [b, w] padding
+                own_slots = table[own, :width]                           # [b, w] slots, -1 padded
+                columns = own_slots.clamp_min(0) if in_place else \
+                    (offsets[own].unsqueeze(1) + positions).clamp_max(len(keys) - 1)  # padding: masked below
                 # ||k||^2 - 2 q.k ranks keys like ||q - k||^2 (||q||^2 is constant along a row)
-                # [b, D] @ [D, S] -> [b, S]
-                dist = torch.addmm(key_sq, queries[chunk], keys.T, alpha=-2)
-                columns = columns.clamp_max(len(bank_slots) - 1)        # padding: any column, masked below
-                dist = dist.gather(1, columns).masked_fill(outside, math.inf)  # [b, w]
-                nearest = dist.topk(k, dim=1, largest=False).indices    # [b, k]
-                chosen = bank_slots[columns.gather(1, nearest)]
-                slots[chunk, :k] = chosen.masked_fill(outside.gather(1, nearest), -1)  # a small bank pads with -1
+                # [b, D] @ [D, S] -> [b, S] -> own columns [b, w]
+                dist = torch.addmm(key_sq, queries[chunk], keys.T, alpha=-2).gather(1, columns)
+                nearest = dist.masked_fill(own_slots < 0, math.inf).topk(min(self.top_n, width), dim=1,
+                                                                          largest=False).indices  # [b, k]
+                slots[chunk, : nearest.shape[1]] = own_slots.gather(1, nearest)  # -1 where a small bank pads
         return slots
 
     def _weighted_read(self, queries: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
@@ -481,11 +482,9 @@ class EpisodicMemory(nn.Module):
         multipliers = self._fingerprint_multipliers.double()       # [2D, 6], entries < 2^20
         parts = []
         for chunk in keys.split(max(1, _CHUNK_ELEMENTS // (2 * self.key_dim))):
-            bits = chunk.contiguous().view(torch.int32).long() & 0xFFFFFFFF   # [b, D] unsigned bit patterns
-            digits = torch.stack((bits >> 16, bits & 0xFFFF), -1).flatten(1)  # [b, D, 2] -> [b, 2D], < 2^16
-            # [b, 2D] @ [2D, 6] -> [b, 6]; every partial sum is an integer below 2^52, so exact
-            hashes = torch.remainder(digits.double() @ multipliers, _FINGERPRINT_PRIME).long()
-            hashes = hashes.view(-1, 2, 3)                                   # [b, 6] -> [b, 2, 3]
+            digits = chunk.contiguous().view(torch.int16).double()  # [b, D] float32 -> [b, 2D] 16-bit halves
+            # [b, 2D] @ [2D, 6] -> [b, 6]; every partial sum is an integer below 2^51 in size: exact
+            hashes = torch.remainder(digits @ multipliers, _FINGERPRINT_PRIME).long().view(-1, 2, 3)  # [b, 2, 3]
             parts.append(hashes[..., 0] << 40 | hashes[..., 1] << 20 | hashes[..., 2])  # [b, 2], < 2^60
         return torch.cat(parts) if parts else keys.new_zeros((0, 2), dtype=torch.long)
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
@@ -90,39 +91,57 @@ def _display_image(image: Tensor) -> np.ndarray:
     return array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
 
 
+def uniform_attention_map(regions: Tensor, H: int, W: int) -> Tensor:
+    """The attention mass [H, W] that uniform weights 1/R give: central cells lie in more regions."""
+    regions = torch.as_tensor(regions)
+    return region_attention_map(torch.full((1, len(regions)), 1.0 / len(regions)), regions, H, W)[0]  # (H, W)
+
+
 def plot_region_attention(images: Tensor, weights: Tensor, regions: Tensor, map_size: tuple[int, int],
-                          titles: Sequence[str] = (), top_k: int = 3, max_mass: Optional[float] = None) -> plt.Figure:
+                          titles: Sequence[str] = (), top_k: int = 3) -> plt.Figure:
     """Attention over regions on images [N, C, H_img, W_img]; weights [N, R]; regions [R, 4] on a map_size map.
 
-    Top row: the image with its top_k regions (rectangles, thicker = heavier, weight in the legend).
-    Bottom row: the attention mass per cell (:func:`region_attention_map`), upsampled (nearest) to the image.
+    Row 1: the image with its top_k regions (rectangles, thicker = heavier, weights below).
+    Row 2: the attention mass per cell (:func:`region_attention_map`), upsampled (nearest) to the image.
+    Row 3: that mass divided by the mass under uniform attention (:func:`uniform_attention_map`), centred
+    on 1, which removes the pattern that region coverage alone gives (more regions contain a central cell).
     """
     H, W = map_size
+    weights = weights.detach().cpu()
     mass = region_attention_map(weights, regions, H, W)  # (N, H, W)
-    upsampled = F.interpolate(mass[:, None], size=images.shape[-2:], mode="nearest")[:, 0]  # (N, H_img, W_img)
+    relative = mass / uniform_attention_map(regions, H, W)  # (N, H, W) / (H, W)
+
+    def upsample(maps: Tensor) -> np.ndarray:  # (N, H, W) -> (N, H_img, W_img), each cell a block of pixels
+        return F.interpolate(maps[:, None], size=images.shape[-2:], mode="nearest")[:, 0].numpy()
+
+    mass_pixels, relative_pixels = upsample(mass), upsample(relative)
     scale = images.shape[-1] / W  # image pixels per feature-map cell
-    vmax = float(max_mass if max_mass is not None else mass.max())
     count = len(images)
-    fig, axes = plt.subplots(2, count, figsize=(1.75 * count, 4.1), squeeze=False)
+    fig, axes = plt.subplots(3, count, figsize=(1.6 * count + 0.6, 5.6), squeeze=False)
+    overlays = [(mass_pixels, dict(cmap="inferno", vmin=0, vmax=float(mass.max()))),
+                (relative_pixels, dict(cmap="coolwarm", norm=TwoSlopeNorm(1.0, min(float(relative.min()), 0.99),
+                                                                           max(float(relative.max()), 1.01))))]
     for i in range(count):
         picture = _display_image(images[i])
-        top_ax, mass_ax = axes[0, i], axes[1, i]
-        top_ax.imshow(picture, cmap="gray")
+        box_ax, mass_ax, relative_ax = axes[:, i]
+        box_ax.imshow(picture, cmap="gray")
         order = weights[i].argsort(descending=True)[:top_k]
         for rank, r in enumerate(order.tolist()):
-            color = TOP_COLORS[rank % len(TOP_COLORS)]
-            top_ax.add_patch(_region_patch(regions[r], scale, fill=False, ec=color, lw=3.0 - 0.7 * rank,
-                                           label=f"{float(weights[i, r]):.3f}"))
-        top_ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.32), ncol=top_k, fontsize=6, frameon=False,
-                      handlelength=0.8, columnspacing=0.6)
-        mass_ax.imshow(picture, cmap="gray")
-        shown = mass_ax.imshow(upsampled[i].cpu().numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
+            box_ax.add_patch(_region_patch(regions[r], scale, fill=False, ec=TOP_COLORS[rank % len(TOP_COLORS)],
+                                           lw=3.0 - 0.7 * rank, label=f"{float(weights[i, r]):.3f}"))
+        box_ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=top_k, fontsize=6, frameon=False,
+                      handlelength=0.8, columnspacing=0.5)
+        for ax, (pixels, style) in zip((mass_ax, relative_ax), overlays):
+            ax.imshow(picture, cmap="gray")
+            ax.imshow(pixels[i], alpha=0.65, **style)
         if i < len(titles):
-            top_ax.set_title(titles[i], fontsize=8)
-        for ax in (top_ax, mass_ax):
+            box_ax.set_title(titles[i], fontsize=7)
+        for ax in axes[:, i]:
             ax.set_xticks([])
             ax.set_yticks([])
+    for row in (1, 2):  # one colour bar per overlay row
+        fig.colorbar(axes[row, -1].images[-1], ax=axes[row, :].tolist(), fraction=0.02, pad=0.01)
     axes[0, 0].set_ylabel(f"top-{top_k} regions", fontsize=8)
     axes[1, 0].set_ylabel("attention mass", fontsize=8)
-    fig.colorbar(shown, ax=axes[1, :].tolist(), fraction=0.015, pad=0.01)
+    axes[2, 0].set_ylabel("mass / uniform", fontsize=8)
     return fig

@@ -143,10 +143,13 @@ def test_momentum_update_weighs_the_new_value_by_gamma():
     assert memory.bank_size(1) == 1   # same key, other class: a separate bank
 
 
-def test_negative_zero_is_the_same_key():
+def test_negative_zero_is_the_same_key_and_one_ulp_is_another():
     memory = EpisodicMemory(1, 2)
     memory.write(torch.tensor([[0.0, 1.0], [-0.0, 1.0]]), torch.tensor([0.3, 0.6]), torch.tensor([0, 0]))
     assert memory.bank_size(0) == 1
+    next_up = torch.nextafter(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 2.0]]))
+    memory.write(next_up, torch.tensor([0.1]), torch.tensor([0]))
+    assert memory.bank_size(0) == 2
 
 
 def test_eviction_replaces_the_least_recently_touched_slot():
@@ -231,6 +234,9 @@ def test_banks_smaller_than_top_n_use_every_slot_and_pad():
         score, _, _ = numpy_read(queries[c].numpy(), keys.numpy(), values.numpy(), 20)
         assert read.scores[c].item() == pytest.approx(score, abs=1e-6)
         assert memory.read_all(queries)[c, c].item() == pytest.approx(score, abs=1e-5)
+    few = memory.read(queries[[1, 3]], torch.tensor([1, 3]), return_weights=True)   # banks gathered, not the pool
+    assert sorted(few.slots[0, :3].tolist()) == sorted(memory.bank(1)[0].tolist()) and (few.slots[0, 3:] == -1).all()
+    torch.testing.assert_close(few.scores, read.scores[[1, 3]])
 
 
 def test_an_empty_bank_reads_zero():

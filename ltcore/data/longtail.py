@@ -1,0 +1,75 @@
+"""Long-tailed subsampling of a balanced labelled dataset, the LDAM-DRW way.
+
+Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin
+Loss", NeurIPS 2019, build CIFAR-10/100-LT by keeping, for class ``i`` of ``C``,
+``int(n_max * imbalance_ratio ** (-i / (C - 1)))`` images ("exp" profile) or
+half the classes at ``n_max`` and half at ``n_max / imbalance_ratio`` ("step").
+The many / medium / few groups used by both papers are defined on these counts
+(see :mod:`ltcore.metrics`).
+
+Taught in notebook 01, *What a long tail is*.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PROFILES = ("exp", "step")
+
+
+def longtail_counts(n_max: int, n_classes: int, imbalance_ratio: float, profile: str = "exp") -> np.ndarray:
+    """Per-class image counts of a long-tailed split, head class first.
+
+    exp:  ``int(n_max * imbalance_ratio ** (-i / (n_classes - 1)))`` for class ``i``.
+    step: the first ``n_classes // 2`` classes keep ``n_max``, the rest ``int(n_max / imbalance_ratio)``.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    if n_max < 1:
+        raise ValueError(f"n_max must be a positive integer, got {n_max}")
+    if imbalance_ratio < 1:
+        raise ValueError(f"imbalance_ratio must be >= 1 (head / tail), got {imbalance_ratio}")
+    if profile == "exp":
+        counts = [int(n_max * imbalance_ratio ** (-i / (n_classes - 1))) for i in range(n_classes)]
+    else:
+        n_head = n_classes // 2
+        counts = [n_max] * n_head + [int(n_max / imbalance_ratio)] * (n_classes - n_head)
+    if min(counts) < 1:
+        raise ValueError(
+            f"n_max={n_max} with imbalance_ratio={imbalance_ratio} leaves a class with no image; "
+            "raise n_max or lower the ratio"
+        )
+    return np.asarray(counts, dtype=np.int64)
+
+
+def longtail_indices(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded, deterministic long-tailed subset of ``labels``.
+
+    Class ``c`` keeps ``counts[c]`` images drawn without replacement by a
+    ``numpy.random.default_rng(seed)`` permutation of that class's indices.
+    The result is sorted, so the same seed always gives the same subset.
+    Raises if a class has fewer images than asked for: nothing is silently capped.
+    """
+    labels = np.asarray(labels)
+    counts = np.asarray(counts)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c, n in enumerate(counts):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < n:
+            raise ValueError(f"class {c} has {len(pool)} images but the long-tailed profile asks for {n}")
+        chosen.append(rng.permutation(pool)[:n])
+    return np.sort(np.concatenate(chosen))
+
+
+def imbalance_summary(counts: np.ndarray) -> dict:
+    """Head count, tail count, their ratio and the total of a count vector."""
+    counts = np.asarray(counts)
+    return {
+        "classes": int(len(counts)),
+        "total": int(counts.sum()),
+        "head": int(counts.max()),
+        "tail": int(counts.min()),
+        "imbalance_ratio": float(counts.max() / counts.min()),
+    }
