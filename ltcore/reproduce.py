@@ -85,7 +85,21 @@ def run_notebook(notebook: Path, output: Path, parameters: dict) -> float:
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters or None,
                                kernel_name="python3", cwd=str(notebook.parent), progress_bar=False,
                                log_output=False)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    drop_widget_state(output)
+    return seconds
+
+
+def drop_widget_state(path: Path) -> None:
+    """Remove the saved state of progress-bar widgets (hundreds of KB per notebook, no teaching value).
+
+    Each bar keeps its plain-text rendering in the cell output, which is what a reader sees without the state.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    if nb.metadata.pop("widgets", None) is not None:
+        nbformat.write(nb, str(path))
 
 
 def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: Optional[list[str]] = None,
