@@ -47,39 +47,40 @@ def region_attention_map(weights: Tensor, regions: Tensor, H: int, W: int) -> Te
     return torch.einsum("br,rhw->bhw", weights, covers.to(weights.dtype))  # (B, R) x (R, H, W) -> (B, H, W)
 
 
-def _draw_grid(ax, H: int, W: int) -> None:
-    ax.set_xlim(-0.5, W - 0.5)
-    ax.set_ylim(H - 0.5, -0.5)
-    ax.set_xticks(np.arange(-0.5, W, 1.0))
-    ax.set_yticks(np.arange(-0.5, H, 1.0))
-    ax.grid(True, color="0.6", lw=0.6)
-    ax.tick_params(length=0, labelbottom=False, labelleft=False)
-    ax.set_aspect("equal")
-
-
-def _region_patch(region: Sequence[int], scale: float = 1.0, **style) -> Rectangle:
+def _region_patch(region: Sequence[int], scale: float = 1.0, offset: tuple[float, float] = (0.0, 0.0),
+                  **style) -> Rectangle:
     """A rectangle over a region; cell c spans pixels [c * scale, (c + 1) * scale), imshow centres pixels on integers."""
     top, left, height, width = (int(v) for v in region)
-    return Rectangle((left * scale - 0.5, top * scale - 0.5), width * scale, height * scale, **style)
+    return Rectangle((left * scale - 0.5 + offset[0], top * scale - 0.5 + offset[1]), width * scale, height * scale,
+                     **style)
 
 
 def plot_partition(regions: Tensor, H: int, W: int, title: str = "") -> plt.Figure:
-    """One row per kernel, one small H x W grid per region with the region filled (IEM Fig. 2 redrawn)."""
+    """One row per kernel, one small H x W grid per region with the region filled (IEM Fig. 2 redrawn).
+
+    Clipped tiles (smaller than their kernel, ``mode="tiling", border="clip"``) are orange. All grids are drawn
+    in one Axes, which keeps the figure cheap to render.
+    """
     groups = kernel_groups(regions)
     columns = max(len(group) for _, group in groups)
-    fig, axes = plt.subplots(len(groups), columns, figsize=(0.8 * columns + 0.9, 0.85 * len(groups) + 0.4),
-                             squeeze=False)
+    step_x, step_y = W + 1, H + 1  # grid size plus a one-cell gap
+    fig, ax = plt.subplots(figsize=(0.75 * columns + 0.8, 0.8 * len(groups) + 0.5))
     for row, ((k_h, k_w), group) in enumerate(groups):
-        axes[row, 0].set_ylabel(f"{k_h}x{k_w}\n({len(group)})", rotation=0, ha="right", va="center", fontsize=9)
-        for col in range(columns):
-            ax = axes[row, col]
-            _draw_grid(ax, H, W)
-            if col >= len(group):
-                ax.axis("off")
-                continue
-            clipped = tuple(group[col, 2:].tolist()) != (k_h, k_w)
-            ax.add_patch(_region_patch(group[col], color="tab:orange" if clipped else "tab:blue", alpha=0.8))
-    fig.suptitle(title or f"{len(regions)} regions on a {H}x{W} map", fontsize=10)
+        ax.text(-1.0, row * step_y + (H - 1) / 2, f"{k_h}x{k_w}\n({len(group)})", ha="right", va="center", fontsize=9)
+        for col, region in enumerate(group.tolist()):
+            offset = (col * step_x, row * step_y)
+            clipped = (region[2], region[3]) != (k_h, k_w)
+            ax.add_patch(_region_patch(region, offset=offset, color="tab:orange" if clipped else "tab:blue",
+                                       alpha=0.8))
+            for line in range(H + 1):  # the H x W grid of this region
+                ax.plot([offset[0] - 0.5, offset[0] + W - 0.5], [offset[1] + line - 0.5] * 2, color="0.5", lw=0.6)
+            for line in range(W + 1):
+                ax.plot([offset[0] + line - 0.5] * 2, [offset[1] - 0.5, offset[1] + H - 0.5], color="0.5", lw=0.6)
+    ax.set_xlim(-2.5, columns * step_x - 1)
+    ax.set_ylim(len(groups) * step_y - 1, -1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title or f"{len(regions)} regions on a {H}x{W} map", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -130,7 +130,7 @@ class EncoderRetrieval:
     """One row of Table 4: an encoder's keys, queries, 1-NN accuracy and construction time."""
 
     encoder: str
-    image_size: int | None
+    image_size: int  # side of the (square) images the encoder sees
     train_embeddings: np.ndarray  # (N, D) keys
     test_embeddings: np.ndarray  # (Q, D) queries
     shots: ShotAccuracy
@@ -171,7 +171,8 @@ def evaluate_encoder(
     """Embed the training set (timed, uncached) and build an HNSW index on it (timed): the CT; embed the test
     set (cached if ``cache_queries``) and score 1-NN retrieval on an exact ``metric`` index.
 
-    ``image_size`` overrides the encoder's input size. Small batches are faster on CPU for small images
+    ``image_size`` overrides the encoder's input size (the result records the size used; for an encoder that
+    keeps the native size, the images' side). Small batches are faster on CPU for small images
     (the activations stay in cache).
     """
     train = evaluation_view(splits.train, splits.test)
@@ -185,6 +186,8 @@ def evaluate_encoder(
     shots = knn_accuracy(keys, np.asarray(train.labels), queries, np.asarray(splits.test.labels),
                          splits.class_counts, index_kind="flat", metric=metric)
     size = image_size if image_size is not None else encoder.preprocessing.image_size
+    if size is None:  # the encoder keeps the native size (raw pixels): report the images' side
+        size = int(train[0][0].shape[-1])
     return EncoderRetrieval(encoder.name, size, keys, queries, shots, encode_seconds, index_seconds)
 
 
@@ -239,7 +242,7 @@ def compare_exact_hnsw(
              "queries_per_s": exact_qps, "recall": 1.0, "speedup": 1.0}]
     for ef in ef_search:
         qps, ids = timed_search(hnsw, queries, k, batch, repeats, ef_search=int(ef))
-        rows.append({"index": f"HNSW M={hnsw_m}", **common, "ef_search": int(ef), "build_seconds": hnsw_build,
+        rows.append({"index": f"HNSW M={hnsw_m} efSearch={int(ef)}", **common, "ef_search": int(ef), "build_seconds": hnsw_build,
                      "queries_per_s": qps, "recall": recall_at_k(exact_ids, ids), "speedup": qps / exact_qps})
     return rows
 

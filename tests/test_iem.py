@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ltcore.data import ArrayDataset
-from ltcore.iem import ABLATIONS, IEMClassifier, create_iem, hard_negatives, threshold_predictions
+from ltcore.iem import (ABLATIONS, IEMClassifier, create_iem, hard_negatives, open_set_metrics,
+                        threshold_predictions)
 from ltcore.losses import make_loss
 from ltcore.memory import EpisodicMemory, MemoryOptimizer
 from ltcore.metrics import open_set_predictions
@@ -313,3 +314,20 @@ def test_all_regions_can_be_written_as_the_paper_does():
     model.loss_terms(images, labels, CE, epoch=0)
     model.after_optimizer_step()
     assert model.local_memory.bank_sizes().tolist() == [32] * 3  # 169 regions each, capped at capacity 32
+
+
+def test_open_set_metrics_count_by_hand():
+    known = np.array([[0.9, 0.05, 0.05],    # class 0, right
+                      [0.6, 0.3, 0.1],      # class 1, wrong (0)
+                      [0.2, 0.2, 0.35],     # class 2, rejected (max 0.35 < 0.4)
+                      [0.1, 0.8, 0.1]])     # class 1, right
+    labels = np.array([0, 1, 2, 1])
+    open_ = np.array([[0.3, 0.3, 0.3],      # rejected: true negative
+                      [0.1, 0.1, 0.7]])     # accepted as class 2: false negative
+    metrics = open_set_metrics(known, labels, open_, np.array([200, 50, 5]), threshold=0.4)
+    # OLTR rule: TP = 2, FP = 2 (one misclassified, one rejected known), FN = 1 -> F = 4 / (4 + 2 + 1)
+    assert metrics["f_measure"] == pytest.approx(4 / 7)
+    assert (metrics["open_many"], metrics["open_medium"], metrics["open_few"]) == (1.0, 0.5, 0.0)
+    assert metrics["open_overall"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same number of classes"):
+        open_set_metrics(known, labels, open_[:, :2], np.array([200, 50, 5]), threshold=0.4)

@@ -173,7 +173,7 @@ def test_evaluate_encoder_raw_pixels():
                              splits.test.labels, splits.class_counts)
     assert run.shots.overall == pytest.approx(expected.overall)
     row = run.row("tiny")
-    assert (row["method"], row["image_size"], row["dim"]) == ("raw_pixels", None, 36)
+    assert (row["method"], row["image_size"], row["dim"]) == ("raw_pixels", 6, 36)
     assert row["overall"] == pytest.approx(round(100 * expected.overall, 2))
     assert run.construction_seconds == pytest.approx(run.encode_seconds + run.index_seconds)
     assert row["seconds"] == round(run.construction_seconds, 1)

@@ -1,0 +1,252 @@
+"""Tests of ltcore.rac_train: RAC's training recipe on tiny synthetic data (test_resnet, tiny text encoders)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ltcore.data.datasets import ArrayDataset, LTSplits, RandomCropFlip
+from ltcore.encoders import image_encoder
+from ltcore.rac import fuse_logits, rac_loss
+from ltcore.rac_train import (RACClassifier, RACSettings, build_retrieval_setup, make_rac_classifier,
+                              make_text_encoder, neighbour_tables, retrieval_module, text_embedding_table, train_rac)
+from ltcore.train import TrainConfig
+
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot", "Bag"]
+TRAIN_COUNTS = np.array([24, 12, 6, 3])
+K = 3
+
+
+def class_images(counts, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images: class c is a bright 7x7 block at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    images = rng.integers(0, 60, size=(len(labels), 28, 28))
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 2)
+        images[i, 4 + 14 * row : 11 + 14 * row, 4 + 14 * col : 11 + 14 * col] += 180
+    return images.astype(np.uint8), labels
+
+
+def tiny_splits(augment: bool = True) -> LTSplits:
+    train_images, train_labels = class_images(TRAIN_COUNTS, seed=0)
+    val_images, val_labels = class_images([2] * 4, seed=1)
+    test_images, test_labels = class_images([3] * 4, seed=2)
+    transform = RandomCropFlip(generator=torch.Generator().manual_seed(0)) if augment else None
+    return LTSplits(
+        name="tiny",
+        train=ArrayDataset(train_images, train_labels, transform, class_names=CLASS_NAMES),
+        val=ArrayDataset(val_images, val_labels, class_names=CLASS_NAMES),
+        test=ArrayDataset(test_images, test_labels, class_names=CLASS_NAMES),
+        class_counts=TRAIN_COUNTS,
+        class_names=CLASS_NAMES,
+    )
+
+
+@pytest.fixture(scope="module")
+def splits() -> LTSplits:
+    return tiny_splits()
+
+
+@pytest.fixture(scope="module")
+def raw_setup(splits, tmp_path_factory):
+    """E = raw pixels (no weights), HNSW index (M = 32) over the 45 training images."""
+    return build_retrieval_setup(splits, image_encoder("raw_pixels"), cache_dir=tmp_path_factory.mktemp("emb"),
+                                 progress=False)
+
+
+@pytest.fixture(scope="module")
+def cnn_setup(splits, tmp_path_factory):
+    """E = timm's tiny test EfficientNet (conv + batch norm, random weights) at 32 px."""
+    encoder = image_encoder("test_efficientnet", pretrained=False, image_size=32)
+    return build_retrieval_setup(splits, encoder, cache_dir=tmp_path_factory.mktemp("emb"), progress=False)
+
+
+CONFIG = TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=0, progress=False, eval_batch_size=64)
+
+
+# ================================================================================================ set-up
+def test_setup_embeds_every_split_and_indexes_the_training_keys(splits, raw_setup):
+    assert {name: emb.shape for name, emb in raw_setup.embeddings.items()} == {
+        "train": (45, 784), "val": (8, 784), "test": (12, 784)}
+    assert raw_setup.index.ntotal == 45 and raw_setup.index.kind == "hnsw" and raw_setup.index.hnsw_m == 32
+    assert raw_setup.texts[:2] == ["T-shirt/top", "T-shirt/top"] and raw_setup.texts[-1] == "Bag"
+    # the keys are the un-augmented images, although the training split augments
+    np.testing.assert_allclose(raw_setup.embeddings["train"][5], splits.train.image_tensor(5).flatten().numpy())
+
+
+def test_setup_rejects_bad_arguments(splits):
+    with pytest.raises(ValueError, match="must contain 'train'"):
+        build_retrieval_setup(splits, image_encoder("raw_pixels"), embed_splits=("test",))
+    with pytest.raises(ValueError, match="image_size applies"):
+        build_retrieval_setup(splits, image_encoder("raw_pixels"), image_size=64)
+    with pytest.raises(ValueError, match="class_names"):
+        build_retrieval_setup(dataclasses.replace(splits, class_names=[]), image_encoder("raw_pixels"))
+
+
+# ===================================================================================== precomputed retrieval
+def test_precomputed_neighbours_equal_live_search(raw_setup, splits):
+    module = retrieval_module(raw_setup, make_text_encoder("bow_random", 4), k=K)
+    tables = neighbour_tables(module, raw_setup.embeddings)
+    assert {name: tuple(t.shape) for name, t in tables.items()} == {"train": (45, K), "val": (8, K), "test": (12, K)}
+    encoder = raw_setup.image_encoder
+    train_images = torch.stack([splits.train.image_tensor(i) for i in range(45)])
+    module.train()  # training rule: k + 1 searched, first dropped
+    torch.testing.assert_close(module.neighbours(encoder.embed(train_images)), tables["train"])
+    module.eval()
+    test_images = torch.stack([splits.test[i][0] for i in range(12)])
+    torch.testing.assert_close(module.neighbours(encoder.embed(test_images)), tables["test"])
+
+
+def test_training_mode_drops_the_self_hit(raw_setup):
+    module = retrieval_module(raw_setup, make_text_encoder("bow_random", 4), k=K)
+    train = {"train": raw_setup.embeddings["train"]}
+    ids = torch.arange(45)[:, None]
+    assert not (neighbour_tables(module, train)["train"] == ids).any(), "no image retrieves itself in training"
+    # as an evaluation query a training image finds itself first (the database finds itself)
+    as_eval = module.eval().precompute_neighbours(raw_setup.embeddings["train"], drop=False, progress=False)
+    torch.testing.assert_close(as_eval[:, :1], ids)
+    torch.testing.assert_close(neighbour_tables(module, train)["train"], as_eval.new_tensor(
+        module.index.search(raw_setup.embeddings["train"], K + 1)[1][:, 1:]))
+    by_id = retrieval_module(raw_setup, make_text_encoder("bow_random", 4), k=K, drop_self="id")
+    assert not (neighbour_tables(by_id, train)["train"] == ids).any()
+
+
+def test_cached_text_embeddings_equal_encoding_each_query():
+    text = make_text_encoder("bow_random", 4)
+    queries = [["Bag", "Trouser"], ["Trouser", "Bag"], ["Bag", "Trouser"], ["Ankle boot", "Ankle boot"]]
+    table = text_embedding_table(text, queries, batch_size=2)
+    torch.testing.assert_close(table, torch.cat([text.embed([row]) for row in queries]))
+    torch.testing.assert_close(table[0], table[2])
+    with pytest.raises(ValueError, match="cannot be cached"):
+        text_embedding_table(make_text_encoder("clip_tiny", 4, train_transformer=True), queries)
+
+
+def test_cached_and_live_retrieval_give_the_same_logits(raw_setup):
+    """Un-augmented data: on-line retrieval (E + search + T on every batch) == precomputed tables + cached T."""
+    plain = tiny_splits(augment=False)
+    cached = make_rac_classifier(plain, RACSettings(k=K), setup=raw_setup, backbone="test_resnet")
+    live = RACClassifier(cached.model)  # the same weights, no tables: retrieval runs on the batch images
+    assert cached.text_tables and not live.neighbour_tables
+    for split, mode in (("train", "train"), ("test", "eval")):  # training rule on train, evaluation on test
+        dataset = getattr(plain, split)
+        images, _, indices = next(iter(torch.utils.data.DataLoader(dataset, batch_size=10, shuffle=True)))
+        getattr(cached, mode)(), getattr(live, mode)()
+        got, want = cached(images, indices), live(images, indices)
+        for branch in ("fused", "base", "retrieval"):
+            torch.testing.assert_close(getattr(got, branch), getattr(want, branch), msg=f"{branch} on {split}")
+
+
+# ======================================================================================= training and scoring
+def test_one_fit_epoch_runs_and_every_branch_is_scored(splits, raw_setup):
+    result = train_rac(splits, CONFIG, RACSettings(k=K), setup=raw_setup, backbone="test_resnet", progress=False)
+    assert len(result["history"].epochs) == 1 and np.isfinite(result["history"].last()["loss"])
+    assert "val_top1" in result["history"].last()
+    predictions = result["predictions"]
+    assert {key: predictions[key].shape for key in ("logits", "base", "retrieval")} == {
+        "logits": (12, 4), "base": (12, 4), "retrieval": (12, 4)}
+    np.testing.assert_allclose(predictions["logits"], fuse_logits(torch.from_numpy(predictions["retrieval"]),
+                                                                  torch.from_numpy(predictions["base"])).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert list(result["rows"]) == ["fused", "base", "retrieval"]
+    assert [row["method"] for row in result["rows"].values()] == ["RAC", "RAC: base branch", "RAC: retrieval branch"]
+    row = result["row"]
+    assert row["k"] == K and row["text_encoder"] == "bow_random" and row["t_mode"] == "frozen, cached"
+    retrieval_acc = (predictions["retrieval"].argmax(1) == predictions["labels"]).mean()
+    assert result["rows"]["retrieval"]["overall"] == pytest.approx(100 * retrieval_acc, abs=0.01)  # balanced test
+
+
+@pytest.mark.parametrize("mode, keys", [("base", {"logits", "base"}), ("retrieval", {"logits", "retrieval"})])
+def test_single_branch_modes(splits, raw_setup, mode, keys):
+    result = train_rac(splits, CONFIG, RACSettings(k=K), setup=raw_setup if mode == "retrieval" else None,
+                       mode=mode, backbone="test_resnet", progress=False)
+    assert set(result["predictions"]) - {"labels", "indices"} == keys
+    np.testing.assert_array_equal(result["predictions"]["logits"], result["predictions"][mode])
+    assert list(result["rows"]) == ["fused"] and result["row"]["method"] == mode.capitalize()
+
+
+def test_training_step_is_lace_with_label_smoothing_on_the_fused_logits(splits, raw_setup):
+    classifier = make_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, backbone="test_resnet").train()
+    images, labels, indices = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=8)))
+    loss = classifier.training_step(images, labels, indices, lambda *a, **kw: rac_loss(*a[:2], TRAIN_COUNTS), 0)
+    fused = classifier(images, indices).fused
+    direct = torch.nn.functional.cross_entropy(
+        fused + torch.log(torch.tensor(TRAIN_COUNTS / TRAIN_COUNTS.sum(), dtype=torch.float32)), labels,
+        label_smoothing=0.1)
+    torch.testing.assert_close(loss, direct)
+
+
+def _one_step(classifier: RACClassifier, dataset) -> None:
+    classifier.train()
+    images, labels, indices = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True)))
+    loss = classifier.training_step(images, labels, indices,
+                                    lambda logits, y, epoch=None: rac_loss(logits, y, TRAIN_COUNTS), 0)
+    loss.backward()
+
+
+@pytest.mark.parametrize("precompute", [False, True])
+def test_frozen_e_and_frozen_transformer_get_no_gradient(splits, cnn_setup, precompute):
+    settings = RACSettings(text_encoder="clip_tiny", k=K, precompute=precompute)
+    classifier = make_rac_classifier(splits, settings, setup=cnn_setup, backbone="test_resnet")
+    assert bool(classifier.text_tables) == precompute  # frozen T + precomputed neighbours: cached
+    encoder = classifier.model.retrieval.image_encoder
+    text = classifier.model.retrieval.text_encoder
+    bn_before = {k: v.clone() for k, v in encoder.state_dict().items() if "running" in k}
+    _one_step(classifier, splits.train)
+    assert all(p.grad is None for p in encoder.parameters()) and not encoder.training, "E is frozen"
+    for key, value in bn_before.items():
+        torch.testing.assert_close(encoder.state_dict()[key], value, msg=f"E's batch-norm statistic {key} moved")
+    assert all(p.grad is None for n, p in text.named_parameters() if not n.startswith("head.")), "T frozen"
+    assert not text.clip.training
+    base = classifier.model.base  # (timm zero-initialises each block's last BN scale: conv2 gets 0 at step 1)
+    assert all(p.grad is not None for p in base.parameters()) and base.fc.weight.grad.abs().sum() > 0
+    assert base.backbone.net.conv1.weight.grad.abs().sum() > 0
+    assert text.head.weight.grad.abs().sum() > 0 and text.head.bias.grad.abs().sum() > 0
+    assert classifier.transformer_parameters() == []
+    assert len(classifier.configure_optimizers(CONFIG)) == 1
+
+
+def test_fine_tuned_transformer_trains_with_its_own_optimizer(splits, cnn_setup):
+    settings = RACSettings(text_encoder="clip_tiny", k=K, train_transformer=True)
+    classifier = make_rac_classifier(splits, settings, setup=cnn_setup, backbone="test_resnet")
+    assert not classifier.text_tables and classifier.neighbour_tables, "a training T is run on every batch"
+    _one_step(classifier, splits.train)
+    text = classifier.model.retrieval.text_encoder
+    transformer = classifier.transformer_parameters()
+    assert transformer and any(p.grad is not None and p.grad.abs().sum() > 0 for p in transformer)
+    assert all(p.grad is None for p in classifier.model.retrieval.image_encoder.parameters())
+    sgd, adamw = classifier.configure_optimizers(CONFIG)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == settings.transformer_lr
+    assert {id(p) for p in adamw.param_groups[0]["params"]} == {id(p) for p in transformer}
+    sgd_ids = {id(p) for p in sgd.param_groups[0]["params"]}
+    assert id(text.head.weight) in sgd_ids and not sgd_ids & {id(p) for p in transformer}
+
+
+# ================================================================================================ bad input
+def test_bad_configurations_are_errors(splits, raw_setup):
+    with pytest.raises(ValueError, match="k must be"):
+        RACSettings(k=0)
+    with pytest.raises(ValueError, match="drop_self"):
+        RACSettings(drop_self="last")
+    with pytest.raises(ValueError, match="needs precompute=True"):
+        RACSettings(cache_text=True, precompute=False)
+    with pytest.raises(ValueError, match="frozen T"):
+        RACSettings(text_encoder="minilm", cache_text=True, train_transformer=True)
+    with pytest.raises(ValueError, match="mode must be"):
+        make_rac_classifier(splits, mode="ensemble")
+    with pytest.raises(ValueError, match="needs a RetrievalSetup"):
+        make_rac_classifier(splits, mode="retrieval")
+
+
+def test_lookups_name_the_split_and_range(splits, raw_setup):
+    classifier = make_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, mode="retrieval").eval()
+    images = torch.zeros(2, 1, 28, 28)
+    with classifier.evaluating_on("open_set"), pytest.raises(KeyError, match="open_set"):
+        classifier(images, torch.tensor([0, 1]))
+    with pytest.raises(IndexError, match="out of range"):
+        classifier(images, torch.tensor([0, 12]))
+    with pytest.raises(ValueError, match="indices"):
+        classifier(images)
