@@ -7,7 +7,7 @@ Taught in notebook 03, *Region self-attention*.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -49,9 +49,23 @@ Readings and shortcuts (each a setting of :class:`RACSettings`)
   fused logits, tau = 1 ("setting tau = 1", Sec. 3.2), label smoothing 0.1 (Table S7). In "base" and "retrieval"
   modes the fused logits are that branch's own, so *Base* is the plain classifier under LACE with label
   smoothing, the paper's "primary baseline" (Sec. 4.3).
-* **Optimiser**: the shared SGD recipe of :class:`ltcore.train.TrainConfig` for every row of our Table 3 (the
-  paper's "common training scheme" is AdamW with a cosine schedule for all rows, Table S7; we keep the
-  baselines' optimiser so that only the loss and the branches differ).
+* **Optimiser**: AdamW, the paper's ("We finetune with AdamW [35] instead of SGD", App. B; weight decay 0.02,
+  Table S7), for every RAC row (Base, Retrieval, RAC), at lr 3e-3 (our choice for a tiny ResNet trained from
+  scratch in a few epochs; the paper's 5e-5 fine-tunes a pretrained ViT) under the shared trainer's schedule.
+  Why it matters here: eq. 5 divides each branch by its norm, so a branch's gradient is scaled by
+  (L/2) / ||f_branch||; with SGD that shrinks the effective learning rate of both branches as their logits
+  grow (with L = 10 by ~5x within a few epochs), and in our runs the randomly initialised base branch then
+  stayed nearly constant while base-only training under SGD did not. Adam's steps do not depend on the gradient
+  scale. ``optimizer="sgd"`` gives the baselines' recipe (:class:`ltcore.train.TrainConfig`) for comparison.
+* **Centred head of T** (``centre_text=True``): "This text is then fed through a text encoder and transformed
+  by another linear layer into logits" (Sec. 3.3). The linear layer is :class:`CentredLinear`,
+  ``W (x - mu) + b`` with mu the mean pooled embedding of the training queries under the initial T: the same
+  family of affine maps (``b' = b - W mu``), reparametrised. Our reading of why it is needed: the "Rand."
+  embeddings are uniform in [0, 1) ("sampled from a uniform distribution over the interval [0, 1)", Sec. 4.5),
+  so every bag of words is ~0.5 in each of its 300 dimensions and a plain head turns that shared mean into a
+  large constant logit vector; after eq. 5's normalisation the retrieval branch was then nearly the same for
+  every image. Centring removes the shared part from W's updates (pretrained sentence embeddings share a
+  large mean too). With a fine-tuned T, mu is fixed at the start of training.
 * **Index determinism**: the HNSW graph is built with one thread (faiss's multi-threaded insertion order can
   vary between runs, and with it the neighbours); at our sizes this costs well under a second.
 
@@ -63,7 +77,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
@@ -87,6 +101,9 @@ DEFAULT_IMAGE_SIZE = 64  # CPU-sized; the paper's ViT-B-16 sees 224 px
 SPLITS = ("train", "val", "test")
 METHOD_NAMES = {"rac": "RAC", "base": "Base", "retrieval": "Retrieval"}  # Table 3's row names
 BRANCH_KEYS = {"fused": "logits", "base": "base", "retrieval": "retrieval"}  # branch -> key of predict()'s dict
+OPTIMIZERS = ("adamw", "sgd")
+ADAMW_LR = 3e-3  # our choice for a tiny ResNet trained from scratch in a few epochs (paper: 5e-5, pretrained ViT)
+ADAMW_WEIGHT_DECAY = 0.02  # Table S7
 
 
 # ============================================================================================= settings
@@ -102,7 +119,11 @@ class RACSettings:
     train_transformer: fine-tune T's transformer (the paper) or train only T's head (quick default).
     cache_text:        cache T's per-query embeddings: None = whenever possible (T frozen and neighbours
                        precomputed), True = required (an error if impossible), False = never.
+    centre_text:       T's head sees its embeddings minus their mean over the training queries (module docstring).
     tau, label_smoothing: LACE's temperature and label smoothing (paper: 1 and 0.1).
+    optimizer:         "adamw" (the paper's, default) or "sgd" (the baselines' recipe of :class:`TrainConfig`).
+    lr, weight_decay:  of the main optimizer (B and T's head); None = 3e-3 and 0.02 for AdamW, the
+                       :class:`TrainConfig`'s for SGD. The lr follows the config's schedule (warm-up, milestones).
     transformer_lr, transformer_weight_decay: AdamW for a fine-tuned T (paper, Places365-LT: 5e-5 and 0.02).
     """
 
@@ -113,8 +134,12 @@ class RACSettings:
     precompute: bool = True
     train_transformer: bool = False
     cache_text: Optional[bool] = None
+    centre_text: bool = True
     tau: float = 1.0
     label_smoothing: float = 0.1
+    optimizer: str = "adamw"
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
     transformer_lr: float = 5e-5
     transformer_weight_decay: float = 0.02
 
@@ -127,13 +152,28 @@ class RACSettings:
             raise ValueError(f"tau must be >= 0, got {self.tau}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.transformer_lr <= 0:
-            raise ValueError(f"transformer_lr must be positive, got {self.transformer_lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("lr", "transformer_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.cache_text and not self.precompute:
             raise ValueError("cache_text=True needs precompute=True: on-line retrieval changes the texts every batch")
         if self.cache_text and self.train_transformer and self.text_encoder != "bow_random":
             raise ValueError("cache_text=True needs a frozen T (train_transformer=False): a trained T's embeddings "
                              "change at every step")
+
+    def train_config(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with this optimizer's lr and weight decay (the schedule, epochs and batch size are kept)."""
+        if self.optimizer == "sgd":
+            lr, weight_decay = config.lr, config.weight_decay
+        else:
+            lr, weight_decay = ADAMW_LR, ADAMW_WEIGHT_DECAY
+        return replace(config, lr=self.lr if self.lr is not None else lr,
+                       weight_decay=self.weight_decay if self.weight_decay is not None else weight_decay)
 
 
 # ======================================================================================== retrieval set-up
@@ -240,14 +280,12 @@ def neighbour_tables(retrieval: RetrievalModule, embeddings: Mapping[str, np.nda
 
 
 @torch.no_grad()
-def text_embedding_table(text: TextEncoder, texts: Sequence[Sequence[str]], batch_size: int = 256) -> Tensor:
-    """T's pooled embeddings [N, D] (no head) of N queries' retrieved texts, for a frozen T.
+def encode_texts(text: TextEncoder, texts: Sequence[Sequence[str]], batch_size: int = 256) -> Tensor:
+    """T's pooled embeddings [N, D] (no head) of N queries' retrieved texts, with T's current weights.
 
     Equal text lists are encoded once (labels repeat: many queries retrieve the same list), in first-seen order
-    and fixed batches, so the table is deterministic.
+    and fixed batches, so the result is deterministic.
     """
-    if text.train_transformer:
-        raise ValueError("T's transformer trains: its embeddings change at every step and cannot be cached")
     if not len(texts):
         return torch.empty((0, text.embed_dim))
     position: dict[tuple, int] = {}
@@ -257,10 +295,46 @@ def text_embedding_table(text: TextEncoder, texts: Sequence[Sequence[str]], batc
     return torch.cat(chunks).float()[inverse]  # (U, D) -> (N, D)
 
 
+def text_embedding_table(text: TextEncoder, texts: Sequence[Sequence[str]], batch_size: int = 256) -> Tensor:
+    """The cache of a frozen T: :func:`encode_texts`, refused when T's transformer trains."""
+    if text.train_transformer:
+        raise ValueError("T's transformer trains: its embeddings change at every step and cannot be cached")
+    return encode_texts(text, texts, batch_size)
+
+
 def text_tables(retrieval: RetrievalModule, tables: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Cached T embeddings [N_split, D] per split, from the neighbour tables."""
     return {name: text_embedding_table(retrieval.text_encoder, retrieval.retrieved_texts(ids))
             for name, ids in tables.items()}
+
+
+class CentredLinear(nn.Linear):
+    """T's head on centred embeddings: ``W (x - centre) + b``, x [B, D] -> [B, L].
+
+    The same family of affine maps as ``nn.Linear`` (``b' = b - W centre``), parametrised so that gradient steps
+    on W follow the embeddings' variation rather than their common mean (module docstring).
+    """
+
+    centre: Tensor
+
+    def __init__(self, linear: nn.Linear, centre: Tensor) -> None:
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                         device=linear.weight.device, dtype=linear.weight.dtype)
+        if tuple(centre.shape) != (linear.in_features,):
+            raise ValueError(f"centre must have shape ({linear.in_features},), got {tuple(centre.shape)}")
+        with torch.no_grad():
+            self.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                self.bias.copy_(linear.bias)
+        self.register_buffer("centre", centre.detach().to(linear.weight).clone())
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        return super().forward(embeddings - self.centre)  # (B, D) - (D,) -> (B, D) -> (B, L)
+
+
+def centre_text_head(text: TextEncoder, train_embeddings: Tensor) -> None:
+    """Replace T's head by a :class:`CentredLinear` centred on the mean of ``train_embeddings`` [N, D]."""
+    text.head = CentredLinear(text.head, train_embeddings.mean(dim=0))  # (N, D) -> (D,)
 
 
 def branch_output(mode: str, base_logits: Optional[Tensor], retrieval_logits: Optional[Tensor]) -> RACOutput:
@@ -288,11 +362,15 @@ class RACClassifier(nn.Module):
         *,
         neighbour_tables: Optional[Mapping[str, Tensor]] = None,
         text_tables: Optional[Mapping[str, Tensor]] = None,
+        optimizer: str = "adamw",
         transformer_lr: float = 5e-5,
         transformer_weight_decay: float = 0.02,
     ) -> None:
         super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.model = model
+        self.optimizer = optimizer
         self.neighbour_tables = dict(neighbour_tables or {})
         self.text_tables = dict(text_tables or {})
         self.transformer_lr = float(transformer_lr)
@@ -382,12 +460,16 @@ class RACClassifier(nn.Module):
         return [p for name, p in text.named_parameters() if p.requires_grad and not name.startswith("head.")]
 
     def configure_optimizers(self, config: TrainConfig) -> list[torch.optim.Optimizer]:
-        """SGD (the shared schedule) for B and T's head; AdamW at a constant lr for a fine-tuned transformer."""
+        """B and T's head: AdamW or SGD at ``config``'s lr and weight decay (the first optimizer follows the
+        trainer's schedule); a fine-tuned transformer: its own AdamW at a constant ``transformer_lr``."""
         transformer = self.transformer_parameters()
         excluded = {id(p) for p in transformer}
         main = [p for p in self.parameters() if p.requires_grad and id(p) not in excluded]
-        optimizers = [torch.optim.SGD(main, lr=config.lr, momentum=config.momentum,
-                                      weight_decay=config.weight_decay)]
+        if self.optimizer == "adamw":
+            first = torch.optim.AdamW(main, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            first = torch.optim.SGD(main, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizers = [first]
         if transformer:
             optimizers.append(torch.optim.AdamW(transformer, lr=self.transformer_lr,
                                                 weight_decay=self.transformer_weight_decay))
@@ -437,8 +519,17 @@ def make_rac_classifier(
             raise ValueError(f"cache_text=True is impossible here: T {settings.text_encoder!r} trains its transformer")
         if can_cache and settings.cache_text is not False:
             cached = text_tables(retrieval, tables)
+        if settings.centre_text:
+            train_embeddings = cached.get("train")
+            if train_embeddings is None:  # T trains or retrieval is on-line: encode the training queries once
+                train_ids = tables.get("train")
+                if train_ids is None:
+                    train_ids = neighbour_tables(retrieval, {"train": setup.embeddings["train"]})["train"]
+                train_embeddings = encode_texts(text, retrieval.retrieved_texts(train_ids))
+            centre_text_head(text, train_embeddings)
     classifier = RACClassifier(RACModel(base, retrieval, splits.num_classes, mode=mode), neighbour_tables=tables,
-                               text_tables=cached, transformer_lr=settings.transformer_lr,
+                               text_tables=cached, optimizer=settings.optimizer,
+                               transformer_lr=settings.transformer_lr,
                                transformer_weight_decay=settings.transformer_weight_decay)
     classifier.retrieval_seconds = time.perf_counter() - started
     return classifier
@@ -472,7 +563,9 @@ def train_rac(
     ``method`` is given), ``rows`` (branch -> row; in "rac" mode also "<method>: base branch" and
     "<method>: retrieval branch"), ``shots`` (branch -> :class:`~ltcore.metrics.ShotAccuracy`), ``predictions``
     (:func:`~ltcore.train.predict` output: ``logits``, ``base``, ``retrieval``, ``labels``, ``indices``),
-    ``history``, ``model`` (the :class:`RACClassifier`). ``seconds`` in the rows is training plus test
+    ``history``, ``model`` (the :class:`RACClassifier`). ``config`` gives epochs, batch size and schedule; its lr
+    and weight decay are replaced per ``settings.optimizer`` (:meth:`RACSettings.train_config`), so one
+    config serves the SGD baselines and the RAC rows. ``seconds`` in the rows is training plus test
     prediction, as in :func:`ltcore.experiments.train_baseline`; ``retrieval_seconds`` is this run's one-off
     precomputation (the set-up's embedding and indexing time is ``setup.seconds``).
     """
@@ -482,6 +575,7 @@ def train_rac(
     val_set = splits.val if splits.val is not None and (not tables or "val" in tables) else None
     if "test" not in tables and tables:
         raise ValueError("the retrieval set-up has no test embeddings (embed_splits must contain 'test')")
+    config = settings.train_config(config)
     started = time.perf_counter()
     with classifier.evaluating_on("val"):
         history = fit(classifier, splits.train, loss_fn, config, val_set=val_set)
@@ -496,7 +590,7 @@ def train_rac(
     if mode != "base":
         extra = {"k": settings.k, "text_encoder": settings.text_encoder,
                  "t_mode": t_mode(settings, bool(classifier.text_tables))}
-    extra["retrieval_seconds"] = round(classifier.retrieval_seconds, 1)
+    extra |= {"optimizer": settings.optimizer, "retrieval_seconds": round(classifier.retrieval_seconds, 1)}
     names = {"fused": method, "base": f"{method}: base branch", "retrieval": f"{method}: retrieval branch"}
     branches = ("fused", "base", "retrieval") if mode == "rac" else ("fused",)
     rows = {branch: shot_row(splits.name, names[branch], shots[branch], seconds, **extra) for branch in branches}

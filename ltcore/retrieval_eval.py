@@ -29,7 +29,7 @@ Our reading:
 * recall@k of an approximate search = mean over queries of |approximate top-k ids  intersect  exact top-k ids| / k,
   the usual definition (faiss's "intersection measure").
 
-Taught in notebook 04, *How well does retrieval alone classify?* (RAC Table 4 on our data).
+Taught in notebook 04, *Retrieval alone: how well does a frozen encoder classify?* (RAC Table 4 on our data).
 """
 
 from __future__ import annotations
@@ -216,10 +216,10 @@ def compare_exact_hnsw(
     repeats: int = 3,
     threads: int | None = 1,
 ) -> list[dict]:
-    """Exact (flat) against HNSW search of ``queries`` [Q, D] in ``keys`` [N, D]: one row per index.
+    """Exact (flat) against HNSW search of ``queries`` [Q, D] in ``keys`` [N, D]: one results row per index.
 
-    Rows: ``index``, ``keys``, ``dim``, ``k``, ``ef_search`` (None for exact), ``build_seconds``,
-    ``queries_per_s`` (best of ``repeats`` passes in batches of ``batch``, after a warm-up batch),
+    Rows: ``method`` (the index), ``keys``, ``dim``, ``k``, ``ef_search`` (None for exact), ``seconds`` (building
+    the index), ``queries_per_s`` (best of ``repeats`` passes in batches of ``batch``, after a warm-up batch),
     ``recall`` (recall@k against the exact top-k; 1 for exact) and ``speedup`` (throughput / exact throughput).
     ``threads=1`` makes the HNSW graph, and so its recall, reproducible.
     """
@@ -237,12 +237,13 @@ def compare_exact_hnsw(
     hnsw_build = time.perf_counter() - started
 
     exact_qps, exact_ids = timed_search(exact, queries, k, batch, repeats)
-    common = {"keys": len(keys), "dim": keys.shape[1], "k": k}
-    rows = [{"index": "exact (flat)", **common, "ef_search": None, "build_seconds": exact_build,
-             "queries_per_s": exact_qps, "recall": 1.0, "speedup": 1.0}]
+    common = {"keys": len(keys), "dim": int(keys.shape[1]), "k": int(k)}
+    rows = [{"method": "exact (flat)", **common, "ef_search": None, "seconds": round(exact_build, 3),
+             "queries_per_s": round(exact_qps, 1), "recall": 1.0, "speedup": 1.0}]
     for ef in ef_search:
         qps, ids = timed_search(hnsw, queries, k, batch, repeats, ef_search=int(ef))
-        rows.append({"index": f"HNSW M={hnsw_m} efSearch={int(ef)}", **common, "ef_search": int(ef), "build_seconds": hnsw_build,
-                     "queries_per_s": qps, "recall": recall_at_k(exact_ids, ids), "speedup": qps / exact_qps})
+        rows.append({"method": f"HNSW M={hnsw_m} efSearch={int(ef)}", **common, "ef_search": int(ef),
+                     "seconds": round(hnsw_build, 3), "queries_per_s": round(qps, 1),
+                     "recall": round(recall_at_k(exact_ids, ids), 4), "speedup": round(qps / exact_qps, 2)})
     return rows
 

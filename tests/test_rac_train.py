@@ -218,11 +218,47 @@ def test_fine_tuned_transformer_trains_with_its_own_optimizer(splits, cnn_setup)
     transformer = classifier.transformer_parameters()
     assert transformer and any(p.grad is not None and p.grad.abs().sum() > 0 for p in transformer)
     assert all(p.grad is None for p in classifier.model.retrieval.image_encoder.parameters())
-    sgd, adamw = classifier.configure_optimizers(CONFIG)
-    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == settings.transformer_lr
-    assert {id(p) for p in adamw.param_groups[0]["params"]} == {id(p) for p in transformer}
-    sgd_ids = {id(p) for p in sgd.param_groups[0]["params"]}
-    assert id(text.head.weight) in sgd_ids and not sgd_ids & {id(p) for p in transformer}
+    main, second = classifier.configure_optimizers(CONFIG)
+    assert isinstance(second, torch.optim.AdamW) and second.param_groups[0]["lr"] == settings.transformer_lr
+    assert {id(p) for p in second.param_groups[0]["params"]} == {id(p) for p in transformer}
+    main_ids = {id(p) for p in main.param_groups[0]["params"]}
+    assert id(text.head.weight) in main_ids and not main_ids & {id(p) for p in transformer}
+    # the head is centred on the initial T's mean embedding of the training queries
+    retrieval = classifier.model.retrieval
+    initial_mean = text.head.centre.clone()
+    assert initial_mean.shape == (text.embed_dim,) and initial_mean.abs().sum() > 0
+
+
+def test_optimizer_choice_and_its_learning_rate(splits, raw_setup):
+    adamw = RACSettings(k=K)
+    assert adamw.train_config(CONFIG).lr == 3e-3 and adamw.train_config(CONFIG).weight_decay == 0.02
+    sgd = RACSettings(k=K, optimizer="sgd")
+    assert sgd.train_config(CONFIG) == CONFIG
+    assert RACSettings(optimizer="sgd", lr=0.5).train_config(CONFIG).lr == 0.5
+    for settings, kind in ((adamw, torch.optim.AdamW), (sgd, torch.optim.SGD)):
+        classifier = make_rac_classifier(splits, settings, setup=raw_setup, backbone="test_resnet")
+        (optimizer,) = classifier.configure_optimizers(settings.train_config(CONFIG))
+        assert isinstance(optimizer, kind)
+        trained = {id(p) for p in optimizer.param_groups[0]["params"]}
+        assert trained == {id(p) for p in classifier.parameters() if p.requires_grad}
+        assert id(classifier.model.retrieval.text_encoder.head.weight) in trained
+    with pytest.raises(ValueError, match="optimizer"):
+        RACSettings(optimizer="adam")
+
+
+def test_head_is_centred_on_the_training_queries(splits, raw_setup):
+    classifier = make_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, backbone="test_resnet")
+    head = classifier.model.retrieval.text_encoder.head
+    train_table = classifier.text_tables["train"]
+    torch.testing.assert_close(head.centre, train_table.mean(0))
+    x = classifier.text_tables["test"][:5]
+    torch.testing.assert_close(head(x), (x - train_table.mean(0)) @ head.weight.T + head.bias)
+    plain = make_rac_classifier(splits, RACSettings(k=K, centre_text=False), setup=raw_setup, backbone="test_resnet")
+    assert type(plain.model.retrieval.text_encoder.head) is torch.nn.Linear
+    torch.testing.assert_close(plain.model.retrieval.text_encoder.head.weight, head.weight)  # same seeded init
+    # on-line retrieval centres on the same training queries (computed from the un-augmented images)
+    live = make_rac_classifier(splits, RACSettings(k=K, precompute=False), setup=raw_setup, backbone="test_resnet")
+    torch.testing.assert_close(live.model.retrieval.text_encoder.head.centre, head.centre)
 
 
 # ================================================================================================ bad input

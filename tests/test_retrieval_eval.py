@@ -119,7 +119,8 @@ def test_compare_exact_hnsw_rows():
     assert rows[2]["recall"] >= rows[1]["recall"] - 0.02  # a longer candidate list does not lose recall
     assert 0.9 <= rows[2]["recall"] <= 1.0
     for row in rows[1:]:
-        assert row["speedup"] == pytest.approx(row["queries_per_s"] / rows[0]["queries_per_s"])
+        assert row["speedup"] == pytest.approx(row["queries_per_s"] / rows[0]["queries_per_s"], abs=0.01)
+        assert row["seconds"] == rows[1]["seconds"] > 0  # one HNSW graph, built once
 
 
 def test_compare_exact_hnsw_rejects_bad_k():
