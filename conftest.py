@@ -16,7 +16,9 @@ def pytest_configure(config):
         os.environ["LTCORE_OUTPUT_DIR"] = tempfile.mkdtemp(prefix="ltcore-test-output-")
     # Notebook kernels run single-threaded, as `ltcore reproduce` runs them: the recorded outputs then do not
     # depend on the machine's core count, and `pytest -n 2` runs two notebooks at once.
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    from ltcore.reproduce import KERNEL_ENV
+
+    os.environ.update(KERNEL_ENV)
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TQDM_DISABLE", "1")
 
