@@ -83,7 +83,7 @@ from ltcore.memory import EpisodicMemory, MemoryOptimizer
 from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure
 from ltcore.models import create_backbone
 from ltcore.rsa import RegionSelfAttention, region_partition, region_sums
-from ltcore.train import TrainConfig, _takes_epoch
+from ltcore.train import TrainConfig, takes_epoch
 
 __all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "create_iem", "hard_negatives",
            "open_set_metrics", "threshold_predictions"]
@@ -304,7 +304,7 @@ class IEMClassifier(nn.Module):
         """
         labels = self._check_labels(labels, len(images))
         features = self.encode(images)
-        ce = loss_fn(features.logits, labels, epoch=epoch) if _takes_epoch(loss_fn) else loss_fn(features.logits, labels)
+        ce = loss_fn(features.logits, labels, epoch=epoch) if takes_epoch(loss_fn) else loss_fn(features.logits, labels)
         terms = {"ce": ce}
         if not self.in_warmup(epoch):
             negatives = hard_negatives(features.logits, labels)                # [B]

@@ -70,7 +70,7 @@ def _output_logits(outputs) -> torch.Tensor:
     return outputs["logits"] if isinstance(outputs, dict) else outputs
 
 
-def _takes_epoch(loss_fn: Callable) -> bool:
+def takes_epoch(loss_fn: Callable) -> bool:
     try:
         return "epoch" in inspect.signature(loss_fn).parameters
     except (TypeError, ValueError):
@@ -107,7 +107,7 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
         state = load_checkpoint(checkpoint_path, model, optimizers)
         history, start_epoch = History(**state["history"]), state["epoch"] + 1
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
-    pass_epoch = _takes_epoch(loss_fn)
+    pass_epoch = takes_epoch(loss_fn)
     started = time.perf_counter() - history.seconds
     for epoch in range(start_epoch, config.epochs):
         # Data order and augmentation are seeded per epoch, so a resumed run sees what an uninterrupted one would.
