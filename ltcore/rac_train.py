@@ -43,8 +43,8 @@ Readings and shortcuts (each a setting of :class:`RACSettings`)
   fixed, pretrained (or, for "Rand.", random) sentence embedding; the logits are the same as running the frozen
   T on-line (tests check it). ``train_transformer=True`` (notebooks: ``PROFILE == "full"``) is the paper's path:
   T runs on every batch and its transformer is fine-tuned, with its own AdamW optimizer at the paper's
-  Places365-LT settings (lr 5e-5, weight decay 0.02, Tables S6-S7) while the base branch and T's head follow
-  the shared SGD schedule. The bag-of-words T ("Rand.") has no transformer: the flag does not apply to it.
+  Places365-LT settings (lr 5e-5, weight decay 0.02, Tables S6-S7, constant) while the base branch and T's
+  head keep the main optimizer and the trainer's schedule. The bag-of-words T ("Rand.") has no transformer: the flag does not apply to it.
 * **Loss**: "The two branches are trained under a common LACE loss" (Sec. 3.3): :func:`ltcore.rac.rac_loss` on the
   fused logits, tau = 1 ("setting tau = 1", Sec. 3.2), label smoothing 0.1 (Table S7). In "base" and "retrieval"
   modes the fused logits are that branch's own, so *Base* is the plain classifier under LACE with label
@@ -54,9 +54,9 @@ Readings and shortcuts (each a setting of :class:`RACSettings`)
   scratch in a few epochs; the paper's 5e-5 fine-tunes a pretrained ViT) under the shared trainer's schedule.
   Why it matters here: eq. 5 divides each branch by its norm, so a branch's gradient is scaled by
   (L/2) / ||f_branch||; with SGD that shrinks the effective learning rate of both branches as their logits
-  grow (with L = 10 by ~5x within a few epochs), and in our runs the randomly initialised base branch then
-  stayed nearly constant while base-only training under SGD did not. Adam's steps do not depend on the gradient
-  scale. ``optimizer="sgd"`` gives the baselines' recipe (:class:`ltcore.train.TrainConfig`) for comparison.
+  grow (with L = 10, by ~5x within a few epochs). In our quick runs RAC trained with SGD ended *below* the base
+  branch trained alone, and with AdamW above it; Adam's steps do not depend on the gradient's scale.
+  ``optimizer="sgd"`` gives the baselines' recipe (:class:`ltcore.train.TrainConfig`) for comparison.
 * **Centred head of T** (``centre_text=True``): "This text is then fed through a text encoder and transformed
   by another linear layer into logits" (Sec. 3.3). The linear layer is :class:`CentredLinear`,
   ``W (x - mu) + b`` with mu the mean pooled embedding of the training queries under the initial T: the same
@@ -64,8 +64,8 @@ Readings and shortcuts (each a setting of :class:`RACSettings`)
   embeddings are uniform in [0, 1) ("sampled from a uniform distribution over the interval [0, 1)", Sec. 4.5),
   so every bag of words is ~0.5 in each of its 300 dimensions and a plain head turns that shared mean into a
   large constant logit vector; after eq. 5's normalisation the retrieval branch was then nearly the same for
-  every image. Centring removes the shared part from W's updates (pretrained sentence embeddings share a
-  large mean too). With a fine-tuned T, mu is fixed at the start of training.
+  every image. Centring removes the shared part from W's updates (pretrained sentence embeddings also share
+  a common direction). With a fine-tuned T, mu is fixed at the start of training.
 * **Index determinism**: the HNSW graph is built with one thread (faiss's multi-threaded insertion order can
   vary between runs, and with it the neighbours); at our sizes this costs well under a second.
 
@@ -376,6 +376,7 @@ class RACClassifier(nn.Module):
         self.transformer_lr = float(transformer_lr)
         self.transformer_weight_decay = float(transformer_weight_decay)
         self.eval_split = "test"
+        self.retrieval_seconds = 0.0  # set by make_rac_classifier: precomputing neighbours and text embeddings
         self._check_tables()
 
     def _check_tables(self) -> None:

@@ -66,7 +66,8 @@ def results_frame(rows: Iterable[dict], columns: Optional[list] = None) -> pd.Da
 
 def markdown_table(rows: Iterable[dict], columns: Optional[list] = None) -> str:
     """A GitHub-markdown table of ``rows`` (used for the README and the reproduce summary)."""
-    frame = results_frame(rows, columns).fillna("–")
+    frame = results_frame(rows, columns)
+    frame = frame.astype(object).where(frame.notna(), "–")
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in record) + " |" for record in frame.itertuples(index=False)]
