@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ltcore.config import seed_everything
 from ltcore.data.datasets import LTSplits
 from ltcore.losses import make_loss
 from ltcore.metrics import shot_accuracy
@@ -61,6 +62,7 @@ def train_baseline(name: str, splits: LTSplits, config: TrainConfig, backbone: s
     if name not in BASELINES:
         raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     in_chans = splits.train[0][0].shape[0]
+    seed_everything(config.seed)  # the initial weights must not depend on what ran before in the process
     model = PlainClassifier(create_backbone(backbone, in_chans), splits.num_classes, BASELINES[name].normed_classifier)
     started = time.perf_counter()
     history = fit(model, splits.train, loss_for(name, splits.class_counts, config), config, val_set=splits.val)
