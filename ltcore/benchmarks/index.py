@@ -65,13 +65,8 @@ def timed_search(index: VectorIndex, queries: np.ndarray, k: int, batch: int, re
     return len(queries) / best, np.concatenate(ids)
 
 
-def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Mean over queries of |approx top-k  intersect  exact top-k| / k."""
-    k = exact.shape[1]
-    return float(np.mean([np.intersect1d(a, e).size / k for a, e in zip(approx, exact)]))
-
-
 def main(argv: list[str] | None = None) -> dict:
+    from ltcore.retrieval_eval import recall_at_k  # imported here: retrieval_eval imports this module
     parser = argparse.ArgumentParser(prog="python -m ltcore bench index", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20k vectors, 1024 queries (smoke run)")
     parser.add_argument("--n", type=int, default=None, help="index size (default 100000; quick 20000)")
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for ef in args.ef_search:
         qps, ids = timed_search(hnsw, queries, args.k, args.batch, args.repeats, ef_search=ef)
-        rows.append({"ef_search": ef, "queries_per_s": qps, "recall": recall_at_k(ids, exact_ids),
+        rows.append({"ef_search": ef, "queries_per_s": qps, "recall": recall_at_k(exact_ids, ids),
                      "speedup": qps / exact_qps})
     passing = [row for row in rows if row["recall"] >= TARGET_RECALL]
     chosen = min(passing, key=lambda row: row["ef_search"]) if passing else None
