@@ -28,8 +28,8 @@ def pytest_collection_modifyitems(config, items):
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.notebooks)
             # nbval waits only 5 s for a finished cell's last outputs; a loaded 2-core machine can be slower.
-            if hasattr(item.parent, "output_timeout"):
-                item.parent.output_timeout = 120
+            if hasattr(item, "output_timeout"):
+                item.output_timeout = 120
     if not _has_cuda():
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
