@@ -1,0 +1,43 @@
+"""The attention pictures of notebook 03 compute what they draw."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import torch  # noqa: E402
+
+from ltcore.plots_rsa import kernel_groups, plot_partition, region_attention_map, uniform_attention_map  # noqa: E402
+from ltcore.rsa import region_kernels, region_partition  # noqa: E402
+
+
+def test_kernel_groups_follow_the_kernels_in_order():
+    regions = region_partition(3, 3, 2, 2)
+    groups = kernel_groups(regions)
+    assert [kernel for kernel, _ in groups] == region_kernels(2, 2)
+    assert [len(group) for _, group in groups] == [9, 6, 6, 4]
+    assert torch.equal(torch.cat([group for _, group in groups]), regions)
+
+
+def test_attention_map_is_the_covering_weight_sum():
+    regions = region_partition(3, 3, 2, 2)
+    weights = torch.softmax(torch.randn(2, len(regions), generator=torch.Generator().manual_seed(0)), dim=1)
+    mass = region_attention_map(weights, regions, 3, 3)
+    expected = torch.zeros(2, 3, 3)
+    for r, (top, left, height, width) in enumerate(regions.tolist()):  # direct loop over regions and cells
+        expected[:, top:top + height, left:left + width] += weights[:, r, None, None]
+    assert torch.allclose(mass, expected, atol=1e-6)
+    areas = (regions[:, 2] * regions[:, 3]).float()
+    assert torch.allclose(mass.sum(dim=(1, 2)), (weights * areas).sum(1), atol=1e-6)
+
+
+def test_uniform_map_weights_central_cells_more():
+    one_by_one = uniform_attention_map(region_partition(3, 3, 1, 1), 3, 3)
+    assert torch.allclose(one_by_one, torch.full((3, 3), 1 / 9))
+    sliding = uniform_attention_map(region_partition(3, 3, 2, 2), 3, 3)  # 25 regions
+    # the centre lies in 1 + 2 + 2 + 4 = 9 regions, a corner in 1 + 1 + 1 + 1 = 4
+    assert torch.isclose(sliding[1, 1], torch.tensor(9 / 25)) and torch.isclose(sliding[0, 0], torch.tensor(4 / 25))
+    assert torch.isclose(sliding.sum(), torch.tensor((9 * 1 + 6 * 2 + 6 * 2 + 4 * 4) / 25))
+
+
+def test_partition_figure_draws():
+    fig = plot_partition(region_partition(3, 3, 2, 2), 3, 3, title="Fig. 2")
+    assert fig.axes
