@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltcore.memory import EpisodicMemory, MemoryOptimizer
-from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure
+from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure, open_set_predictions
 from ltcore.models import create_backbone
 from ltcore.rsa import RegionSelfAttention, region_partition, region_sums
 from ltcore.train import TrainConfig, takes_epoch
@@ -134,15 +134,11 @@ def threshold_predictions(scores: Tensor | np.ndarray, threshold: float) -> np.n
     """Open-set predictions (OLTR protocol): argmax class, or -1 where the max score is below ``threshold``.
 
     scores: [N, L] per-class scores in [0, 1] (softmax probabilities, or IEM's averaged score, which
-    does not sum to 1 over classes and so is refused by ``ltcore.metrics.open_set_predictions``).
-    Returns [N] int64. Equals ``open_set_predictions`` on probabilities.
+    does not sum to 1 over classes). Returns [N] int64: ``ltcore.metrics.open_set_predictions`` with
+    ``normalized=False``.
     """
-    scores = np.asarray(scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64)
-    if scores.ndim != 2 or 0 in scores.shape or not np.isfinite(scores).all():
-        raise ValueError(f"scores must be a finite [N, L] array, got shape {scores.shape}")
-    predictions = scores.argmax(1).astype(np.int64)
-    predictions[scores.max(1) < threshold] = -1
-    return predictions
+    scores = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else scores
+    return open_set_predictions(scores, threshold, normalized=False)
 
 
 def open_set_metrics(known_scores: np.ndarray, known_labels: np.ndarray, open_scores: np.ndarray,

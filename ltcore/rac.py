@@ -206,6 +206,15 @@ class RACOutput(NamedTuple):
     retrieval: Tensor | None
 
 
+def branch_output(mode: str, base_logits: Tensor | None, retrieval_logits: Tensor | None) -> RACOutput:
+    """RACOutput of ``mode`` from the branch logits [B, L]: eq. 5 in "rac" mode, the branch's own logits otherwise."""
+    if mode == "base":
+        return RACOutput(base_logits, base_logits, None)
+    if mode == "retrieval":
+        return RACOutput(retrieval_logits, None, retrieval_logits)
+    return RACOutput(fuse_logits(retrieval_logits, base_logits), base_logits, retrieval_logits)
+
+
 class RACModel(nn.Module):
     """Base branch B + retrieval branch, fused by eq. 5; ``mode`` "rac" | "base" | "retrieval" (Table 3)."""
 
@@ -263,11 +272,7 @@ class RACModel(nn.Module):
                 ),
                 "retrieval",
             )
-        if self.mode == "base":
-            return RACOutput(base_logits, base_logits, None)
-        if self.mode == "retrieval":
-            return RACOutput(retrieval_logits, None, retrieval_logits)
-        return RACOutput(fuse_logits(retrieval_logits, base_logits), base_logits, retrieval_logits)
+        return branch_output(self.mode, base_logits, retrieval_logits)
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs that train: the base branch and T's head (plus T's transformer if enabled)."""

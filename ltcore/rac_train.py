@@ -91,8 +91,8 @@ from ltcore.encoders import ImageEncoder, TextEncoder, embed_dataset, image_enco
 from ltcore.experiments import evaluate
 from ltcore.index import VectorIndex
 from ltcore.models import PlainClassifier, create_backbone
-from ltcore.rac import DROP_RULES, PAPER_K, RAC_MODES, RACModel, RACOutput, RetrievalModule, fuse_logits, label_texts, \
-    rac_loss
+from ltcore.rac import (DROP_RULES, PAPER_K, RAC_MODES, RACModel, RACOutput, RetrievalModule, branch_output,
+                        label_texts, rac_loss)
 from ltcore.results import shot_row
 from ltcore.train import TrainConfig, fit, predict
 
@@ -335,15 +335,6 @@ class CentredLinear(nn.Linear):
 def centre_text_head(text: TextEncoder, train_embeddings: Tensor) -> None:
     """Replace T's head by a :class:`CentredLinear` centred on the mean of ``train_embeddings`` [N, D]."""
     text.head = CentredLinear(text.head, train_embeddings.mean(dim=0))  # (N, D) -> (D,)
-
-
-def branch_output(mode: str, base_logits: Optional[Tensor], retrieval_logits: Optional[Tensor]) -> RACOutput:
-    """RACOutput of ``mode`` from the branch logits [B, L] (eq. 5 in "rac" mode), as :class:`RACModel` returns."""
-    if mode == "base":
-        return RACOutput(base_logits, base_logits, None)
-    if mode == "retrieval":
-        return RACOutput(retrieval_logits, None, retrieval_logits)
-    return RACOutput(fuse_logits(retrieval_logits, base_logits), base_logits, retrieval_logits)
 
 
 # =========================================================================================== the classifier

@@ -1,6 +1,5 @@
 """Long-tailed construction, the Fashion-MNIST loader and the dataset registry."""
 import gzip
-import os
 
 import numpy as np
 import pytest
