@@ -133,8 +133,8 @@ def hard_negatives(logits: Tensor, labels: Tensor) -> Tensor:
 def threshold_predictions(scores: Tensor | np.ndarray, threshold: float) -> np.ndarray:
     """Open-set predictions (OLTR protocol): argmax class, or -1 where the max score is below ``threshold``.
 
-    scores: [N, L] per-class scores in [0, 1] (softmax probabilities, or IEM's averaged score, which
-    does not sum to 1 over classes). Returns [N] int64: ``ltcore.metrics.open_set_predictions`` with
+    scores: [N, L] per-class scores (softmax probabilities, or IEM's averaged score, which does not sum
+    to 1 over classes and may leave [0, 1] slightly: memory values are not clamped). Returns [N] int64: ``ltcore.metrics.open_set_predictions`` with
     ``normalized=False``.
     """
     scores = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else scores

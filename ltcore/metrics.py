@@ -295,8 +295,8 @@ def open_set_predictions(scores: ArrayLike, open_threshold: float = 0.1, from_lo
     """OLTR thresholding. scores: (N, C) softmax probabilities (or logits with ``from_logits=True``) ->
     (N,) int64 argmax class, or -1 where the max probability is strictly below ``open_threshold``.
 
-    ``normalized=False`` accepts per-class scores in [0, 1] whose rows need not sum to 1 (IEM's average of the
-    classifier's probabilities and the memory scores, :mod:`ltcore.iem`)."""
+    ``normalized=False`` accepts any finite per-class scores, thresholded as they are (IEM's average of the
+    classifier's probabilities and the memory scores, which are not clamped to [0, 1]: :mod:`ltcore.iem`)."""
     arr = _to_numpy(scores).astype(np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"scores must have shape (N, C) with N, C > 0, got {tuple(arr.shape)}")
@@ -306,11 +306,10 @@ def open_set_predictions(scores: ArrayLike, open_threshold: float = 0.1, from_lo
         raise ValueError(f"open_threshold must lie in [0, 1], got {open_threshold}")
     if from_logits:
         arr = torch.softmax(torch.from_numpy(arr), dim=1).numpy()
-    elif arr.min() < 0 or arr.max() > 1 or (normalized and not np.allclose(arr.sum(axis=1), 1.0, atol=1e-3)):
+    elif normalized and (arr.min() < 0 or arr.max() > 1 or not np.allclose(arr.sum(axis=1), 1.0, atol=1e-3)):
         raise ValueError(
-            "scores are not probabilities (rows must be in [0, 1]"
-            + (" and sum to 1); pass from_logits=True for logits, normalized=False for unnormalised scores"
-               if normalized else ")")
+            "scores are not probabilities (rows must be in [0, 1] and sum to 1); "
+            "pass from_logits=True for logits, normalized=False for other per-class scores"
         )
     preds = arr.argmax(axis=1).astype(np.int64)
     preds[arr.max(axis=1) < open_threshold] = OPEN_LABEL
