@@ -41,8 +41,9 @@ temporaries under 64 MB.
   ``topk``, then the n selected distances are recomputed directly as ``||q - k||^2`` (they
   are back-propagated through, see Training).
 * :meth:`read_all` (inference, Section 3.3; every bank for every query): the banks of one
-  width are packed class-contiguously (``[C_w, w, D]``, cached until the next change) and
-  read with one batched matrix product ``||q||^2 + ||k||^2 - 2 q.k`` and one ``topk``.
+  width are packed bank after bank (``[C_w * w, D]``, cached until the next change) and
+  read with one matrix product ``||q||^2 + ||k||^2 - 2 q.k`` (``[B, D] @ [D, C_w * w]``, viewed
+  as ``[B, C_w, w]``) and one ``topk`` along the bank.
   Its float32 rounding is ~1e-7 (||q||^2 + ||k||^2), so it agrees with :meth:`read` to
   ~1e-6 on unit-scale features (up to exact or near ties at the n-th neighbour).
 
@@ -144,9 +145,9 @@ class _PackedBanks(NamedTuple):
     """Banks of one padded width, copied class-contiguously for :meth:`EpisodicMemory.read_all`."""
 
     classes: Tensor  # [C_g]
-    keys: Tensor     # [C_g, w, D]
-    key_sq: Tensor   # [C_g, 1, w] squared key norms, inf in the padding
-    values: Tensor   # [C_g, 1, w]
+    keys: Tensor     # [C_g * w, D], bank after bank
+    key_sq: Tensor   # [C_g * w] squared key norms, inf in the padding
+    values: Tensor   # [C_g, w]
 
 
 @dataclass
@@ -282,27 +283,30 @@ class EpisodicMemory(nn.Module):
         """
         queries = self._check_keys(queries, "queries")
         scores = queries.new_zeros(len(queries), self.num_classes)  # [B, C]
-        query_sq = queries.square().sum(1)                           # [B]
+        query_sq = queries.square().sum(1, keepdim=True)             # [B, 1]
         for bank in self._packed_banks():
-            width = bank.keys.shape[1]
+            num_banks, width = bank.values.shape
             rows_per_chunk = max(1, min(len(queries), _CHUNK_ELEMENTS // width))
             classes_per_chunk = max(1, _CHUNK_ELEMENTS // (width * rows_per_chunk))
-            for first in range(0, len(bank.classes), classes_per_chunk):
+            for first in range(0, num_banks, classes_per_chunk):
                 part = slice(first, first + classes_per_chunk)
-                keys, key_sq, values = bank.keys[part], bank.key_sq[part], bank.values[part]  # [c, w, D], [c, 1, w] x2
+                values = bank.values[part]                                     # [c, w]
+                columns = slice(first * width, first * width + values.numel())
+                keys, key_sq = bank.keys[columns], bank.key_sq[columns]        # [c * w, D], [c * w]
                 for start in range(0, len(queries), rows_per_chunk):
-                    q = queries[start: start + rows_per_chunk]              # [b, D]
-                    # ||q||^2 + ||k||^2 - 2 q.k: [c, b, D] @ [c, D, w] -> [c, b, w]; padding: inf
-                    dist = torch.baddbmm(key_sq, q.expand(len(keys), -1, -1), keys.transpose(1, 2), alpha=-2)
-                    dist = dist.add_(query_sq[start: start + len(q)].view(1, -1, 1)).clamp_min_(0)
+                    q = queries[start: start + rows_per_chunk]                 # [b, D]
+                    # ||q||^2 + ||k||^2 - 2 q.k, one matrix product for all c banks:
+                    # [b, D] @ [D, c * w] -> [b, c, w]; padding: inf
+                    dist = torch.addmm(key_sq, q, keys.T, alpha=-2).add_(query_sq[start: start + len(q)])
+                    dist = dist.clamp_min_(0).view(len(q), *values.shape)
                     if width > self.top_n:
-                        dist, top_pos = dist.topk(self.top_n, dim=-1, largest=False, sorted=False)  # [c, b, n]
-                        read_values = values.expand(-1, len(q), -1).gather(-1, top_pos)    # [c, b, n]
+                        dist, top_pos = dist.topk(self.top_n, dim=-1, largest=False, sorted=False)  # [b, c, n]
+                        read_values = values.expand(len(q), -1, -1).gather(-1, top_pos)    # [b, c, n]
                     else:                    # every slot is among the top n: nothing to select
-                        read_values = values                                               # [c, 1, w]
+                        read_values = values                                               # [c, w]
                     similarity = 1.0 / (dist + self.delta)                                # eq. 2; padding: 0
-                    read = (similarity * read_values).sum(-1) / similarity.sum(-1)        # eq. 1, [c, b]
-                    scores[start: start + len(q), bank.classes[part]] = read.T            # [b, c]
+                    read = (similarity * read_values).sum(-1) / similarity.sum(-1)        # eq. 1, [b, c]
+                    scores[start: start + len(q), bank.classes[part]] = read
         return scores
 
     def _packed_banks(self) -> list[_PackedBanks]:
@@ -316,10 +320,10 @@ class EpisodicMemory(nn.Module):
             for width in np.unique(widths[widths > 0]).tolist():
                 classes = torch.from_numpy(np.flatnonzero(widths == width)).to(self.device)
                 table = self.bank_table[classes, :width]                  # [C_g, w] slots, -1 padded
-                table = table.masked_fill(table < 0, num_slots)
+                table = table.masked_fill(table < 0, num_slots).flatten()  # [C_g * w]
                 self._packed.append(_PackedBanks(
-                    classes, self.keys[table.clamp_max(num_slots - 1)],  # [C_g, w, D]; padding copies a key ...
-                    key_sq[table].unsqueeze(1), values[table].unsqueeze(1)))  # ... made infinitely far by key_sq
+                    classes, self.keys[table.clamp_max(num_slots - 1)],  # [C_g * w, D]; padding copies a key ...
+                    key_sq[table], values[table].view(len(classes), width)))  # ... made infinitely far by key_sq
         return self._packed
 
     def _nearest_slots(self, queries: Tensor, classes: Tensor) -> Tensor:

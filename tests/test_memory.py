@@ -268,6 +268,15 @@ def test_read_all_equals_read_and_a_per_class_loop():
     np.testing.assert_allclose(scores.numpy(), loop, atol=1e-5)
 
 
+def test_reads_split_into_chunks_equal_unsplit_reads(monkeypatch):
+    memory = random_memory(num_classes=6, sizes=(40, 3, 0, 70, 12, 33), top_n=10)
+    queries = torch.randn(9, D, generator=torch.Generator().manual_seed(4))
+    whole, one_bank = memory.read_all(queries), memory.read(queries, torch.arange(9) % 6)
+    monkeypatch.setattr("ltcore.memory._CHUNK_ELEMENTS", 50)   # a few rows and banks per chunk
+    torch.testing.assert_close(memory.read_all(queries), whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(memory.read(queries, torch.arange(9) % 6), one_bank, atol=1e-6, rtol=0)
+
+
 def test_read_all_is_differentiable_with_respect_to_the_queries():
     memory = random_memory().eval()
     queries = torch.randn(5, D, requires_grad=True)
