@@ -479,3 +479,11 @@ def test_quick_benchmark_runs_and_agrees_with_the_loop():
     assert read["ours_ms"] > 0 and read["faiss_ms"] > 0
     assert results["write"]["large_banks_full"]
     assert len(results["targets"]) == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_benchmark_on_a_missing_gpu_is_a_clear_error(capsys):
+    from ltcore.benchmarks.memory import main
+    with pytest.raises(SystemExit):
+        main(["--quick", "--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -33,6 +33,11 @@ Keys are class-clustered Gaussians. ``--threads`` sets ``torch.set_num_threads``
 shared machine an OpenMP region can wait milliseconds for a descheduled thread, which then
 measures the neighbours rather than the code (``--threads 2`` to use both cores).
 
+``--device cuda`` runs ``read_all``, the loop and the writes on a GPU (timed with
+``torch.cuda.synchronize``); faiss stays on the CPU (faiss-cpu). On a GPU each small tensor
+operation of the loop costs a kernel launch, so its per-class overhead weighs more than on a
+CPU; we could not measure that here (no GPU).
+
 Taught in notebook 02, *Inflated Episodic Memory*.
 """
 from __future__ import annotations
@@ -46,6 +51,7 @@ import faiss
 import numpy as np
 import torch
 
+from ltcore.config import get_device
 from ltcore.memory import EpisodicMemory
 
 TARGET_SPEEDUP_VS_LOOP = 30.0
@@ -67,22 +73,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for torch and faiss alike (default 1: stable on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device of the memory and the loop (default cpu)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        device = get_device(args.device)
+    except RuntimeError as error:      # e.g. --device cuda without a GPU
+        parser.error(str(error))
     sizes = QUICK if args.quick else DEFAULT
     previous_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
     try:
-        reads = [_bench_reads(*setup, sizes, generator) for setup in sizes["reads"]]
-        writes = _bench_writes(sizes, generator)
+        reads = [_bench_reads(*setup, sizes, generator, device) for setup in sizes["reads"]]
+        writes = _bench_writes(sizes, generator, device)
     finally:  # a caller (test, notebook) keeps its own thread settings
         torch.set_num_threads(previous_threads[0])
         faiss.omp_set_num_threads(previous_threads[1])
     results = {
-        "quick": args.quick, "threads": args.threads, "load_average_1min": os.getloadavg()[0],
+        "quick": args.quick, "threads": args.threads, "device": str(device), "load_average_1min": os.getloadavg()[0],
         "sizes": {k: [list(r) for r in v] if k == "reads" else v for k, v in sizes.items()},
         "read_all": reads, "write": writes,
         "targets": {
@@ -100,32 +111,37 @@ def main(argv: list[str] | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- reads
 def _bench_reads(num_classes: int, bank_min: int, bank_max: int, dim: int, num_queries: int, sizes: dict,
-                 generator: torch.Generator) -> dict:
+                 generator: torch.Generator, device: torch.device) -> dict:
     top_n = sizes["top_n"]
     bank_sizes = torch.randint(bank_min, bank_max + 1, (num_classes,), generator=generator)
     labels = torch.repeat_interleave(torch.arange(num_classes), bank_sizes)
     labels = labels[torch.randperm(len(labels), generator=generator)]   # banks interleaved in the pool
     centres = torch.randn(num_classes, dim, generator=generator)
     keys = centres[labels] + 0.5 * torch.randn(len(labels), dim, generator=generator)
-    memory = EpisodicMemory(num_classes, dim, top_n=top_n).eval()
-    memory.write(keys, torch.rand(len(labels), generator=generator), labels)
+    memory = EpisodicMemory(num_classes, dim, top_n=top_n, device=device).eval()
+    memory.write(keys.to(device), torch.rand(len(labels), generator=generator).to(device), labels.to(device))
     query_classes = torch.randint(0, num_classes, (num_queries,), generator=generator)
     queries = centres[query_classes] + 0.5 * torch.randn(num_queries, dim, generator=generator)
 
     banks = [memory.bank(c)[1:] for c in range(num_classes)]           # per-class (keys [L, D], values [L])
-    indexes = [_faiss_index(bank_keys) for bank_keys, _ in banks]
+    cpu_banks = [(keys.cpu(), values.cpu()) for keys, values in banks]  # faiss-cpu's copy
+    indexes = [_faiss_index(bank_keys) for bank_keys, _ in cpu_banks]
+    device_queries = queries.to(device)
     with torch.no_grad():
         start = time.perf_counter()
-        memory.read_all(queries)                                        # packs the banks
+        _synchronize(device)
+        memory.read_all(device_queries)                                 # packs the banks
+        _synchronize(device)
         cold = time.perf_counter() - start
         times, outputs = _interleaved({
-            "ours": lambda: memory.read_all(queries),
-            "loop": lambda: _per_class_loop(queries, banks, top_n, memory.delta),
-            "faiss": lambda: _faiss_read_all(queries.numpy(), indexes, banks, top_n, memory.delta),
-        }, sizes["rounds"])
+            "ours": lambda: memory.read_all(device_queries),
+            "loop": lambda: _per_class_loop(device_queries, banks, top_n, memory.delta),
+            "faiss": lambda: _faiss_read_all(queries.numpy(), indexes, cpu_banks, top_n, memory.delta),
+        }, sizes["rounds"], device)
+    outputs = {name: output.cpu() if isinstance(output, torch.Tensor) else output for name, output in outputs.items()}
     # An exact float32 tie between the n-th and (n+1)-th distance lets either slot in: both
     # answers are right, so these (query, class) pairs are compared separately.
-    ties = _boundary_ties(queries, banks, top_n)
+    ties = _boundary_ties(device_queries, banks, top_n).cpu()   # in the arithmetic of the device
     diff_loop = (outputs["ours"] - outputs["loop"]).abs()
     diff_loop_untied = float(diff_loop[~ties].max())
     diff_faiss = np.abs(outputs["ours"].numpy() - outputs["faiss"])
@@ -143,7 +159,7 @@ def _bench_reads(num_classes: int, bank_min: int, bank_max: int, dim: int, num_q
 def _per_class_loop(queries: torch.Tensor, banks: list[tuple[torch.Tensor, torch.Tensor]], top_n: int,
                     delta: float) -> torch.Tensor:
     """Eq. 1-2 one bank at a time: the straightforward implementation read_all replaces."""
-    scores = torch.zeros(len(queries), len(banks))
+    scores = queries.new_zeros(len(queries), len(banks))
     query_sq = queries.square().sum(1, keepdim=True)                    # [B, 1]
     for c, (keys, values) in enumerate(banks):
         if len(keys) == 0:
@@ -163,7 +179,7 @@ def _distances(queries: torch.Tensor, query_sq: torch.Tensor, keys: torch.Tensor
 def _boundary_ties(queries: torch.Tensor, banks: list, top_n: int) -> torch.Tensor:
     """[B, C] True where the n-th and (n+1)-th smallest distance of the bank are equal."""
     query_sq = queries.square().sum(1, keepdim=True)
-    ties = torch.zeros(len(queries), len(banks), dtype=torch.bool)
+    ties = torch.zeros(len(queries), len(banks), dtype=torch.bool, device=queries.device)
     for c, (keys, _) in enumerate(banks):
         if len(keys) > top_n:
             smallest = _distances(queries, query_sq, keys).topk(top_n + 1, dim=1, largest=False).values  # sorted
@@ -187,21 +203,23 @@ def _faiss_read_all(queries: np.ndarray, indexes: list, banks: list, top_n: int,
 
 
 # ---------------------------------------------------------------------------- writes
-def _bench_writes(sizes: dict, generator: torch.Generator) -> dict:
+def _bench_writes(sizes: dict, generator: torch.Generator, device: torch.device) -> dict:
     num_classes, dim, batch = sizes["write_classes"], sizes["write_dim"], 256
 
     def filled(slots_per_bank: int) -> EpisodicMemory:
-        memory = EpisodicMemory(num_classes, dim, capacity=sizes["write_large"])
+        memory = EpisodicMemory(num_classes, dim, capacity=sizes["write_large"], device=device)
         fill = slots_per_bank * num_classes
         for start in range(0, fill, 4096):
             count = min(4096, fill - start)
-            memory.write(torch.randn(count, dim, generator=generator), torch.rand(count, generator=generator),
-                         torch.arange(start, start + count) % num_classes)
+            memory.write(torch.randn(count, dim, generator=generator).to(device),
+                         torch.rand(count, generator=generator).to(device),
+                         (torch.arange(start, start + count) % num_classes).to(device))
         return memory
 
     large = filled(sizes["write_large"])          # stays full: every round evicts as much as the first
-    batches = [(torch.randn(batch, dim, generator=generator), torch.rand(batch, generator=generator),
-                torch.randint(0, num_classes, (batch,), generator=generator)) for _ in range(sizes["write_batches"])]
+    batches = [(torch.randn(batch, dim, generator=generator).to(device), torch.rand(batch, generator=generator).to(device),
+                torch.randint(0, num_classes, (batch,), generator=generator).to(device))
+               for _ in range(sizes["write_batches"])]
     best = {"small": float("inf"), "large": float("inf")}
     for _ in range(sizes["rounds"]):
         memories = {"small": filled(sizes["write_small"]), "large": large}   # a fresh ~1k-slot memory per round
@@ -210,6 +228,7 @@ def _bench_writes(sizes: dict, generator: torch.Generator) -> dict:
             for name, memory in memories.items():
                 start = time.perf_counter()
                 memory.write(keys, values, labels)
+                _synchronize(device)
                 total[name] += time.perf_counter() - start
         best = {name: min(best[name], total[name]) for name in best}
     items = batch * len(batches)
@@ -221,21 +240,30 @@ def _bench_writes(sizes: dict, generator: torch.Generator) -> dict:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _interleaved(methods: dict[str, Callable[[], object]], rounds: int) -> tuple[dict, dict]:
+def _interleaved(methods: dict[str, Callable[[], object]], rounds: int,
+                 device: torch.device) -> tuple[dict, dict]:
     """Best wall time of each method over ``rounds`` rounds that run every method once, and its output."""
     best = {name: float("inf") for name in methods}
     outputs = {}
     for _ in range(rounds):
         for name, method in methods.items():
+            _synchronize(device)
             start = time.perf_counter()
             outputs[name] = method()
+            _synchronize(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best, outputs
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that wall times measure it (nothing to do on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _print_table(results: dict) -> None:
-    print(f"IEM memory benchmark ({'quick' if results['quick'] else 'default'} sizes, {results['threads']} "
-          f"thread(s) for torch and faiss, load average {results['load_average_1min']:.1f})")
+    print(f"IEM memory benchmark ({'quick' if results['quick'] else 'default'} sizes, device {results['device']}, "
+          f"{results['threads']} thread(s) for torch and faiss, load average {results['load_average_1min']:.1f})")
     print(f"{'read_all':<9}{'classes':>8}{'dim':>5}{'queries':>8}{'slots':>8}{'ours ms':>9}{'(cold)':>8}{'loop ms':>9}{'faiss ms':>9}"
           f"{'loop/ours':>11}{'ours/faiss':>11}{'|d| loop':>10}{'ties':>6}{'|d| faiss':>10}")
     for r in results["read_all"]:
