@@ -33,13 +33,15 @@ An empty bank reads as score 0 with all weights 0 (our choice; the paper never r
 An exact float32 tie between the n-th and (n+1)-th distance is broken by ``torch.topk``.
 Neither read loops in Python over queries or classes; the only loops are over padded bank
 widths (sizes rounded up to 8 steps per power of two: at most 12.5% padding, a handful of
-widths in practice, at most 8 per doubling of the bank size) and over chunks that keep the
+widths in practice, at most 8 per doubling of the bank size), for :meth:`read` also over
+query counts per bank rounded up to a power of two, and over chunks that keep the
 temporaries under 64 MB.
 
-* :meth:`read` (training, eq. 14-15; one bank per query): one matrix product of the queries
-  with the keys of the banks the batch reads, each query keeps its own bank's columns,
-  ``topk``, then the n selected distances are recomputed directly as ``||q - k||^2`` (they
-  are back-propagated through, see Training).
+* :meth:`read` (training, eq. 14-15; one bank per query): each query is compared with its
+  own bank only. Queries are grouped by bank; banks of one padded width and one padded
+  query count (a power of two) are read together by one batched matrix product
+  (``[m, h, D] @ [m, D, w]``) and one ``topk``; then the n selected distances are
+  recomputed directly as ``||q - k||^2`` (they are back-propagated through, see Training).
 * :meth:`read_all` (inference, Section 3.3; every bank for every query): the banks of one
   width are packed bank after bank (``[C_w * w, D]``, cached until the next change) and
   read with one matrix product ``||q||^2 + ||k||^2 - 2 q.k`` (``[B, D] @ [D, C_w * w]``, viewed
@@ -50,8 +52,8 @@ temporaries under 64 MB.
 Our reading: "We leverage kd-tree [3] to build indices ... fast retrieval". We search
 exactly by brute force instead: the same top-n, and what GPUs and faiss' ``IndexFlatL2`` do
 at these dimensions (``python -m ltcore bench memory`` compares with faiss). The cost of
-:meth:`read` grows with the total size of the banks a batch reads, that of
-:meth:`read_all` with the whole memory.
+:meth:`read` grows with the size of each query's own bank, that of :meth:`read_all` with the
+whole memory.
 
 Writing (eq. 3-4)
 -----------------
@@ -329,38 +331,45 @@ class EpisodicMemory(nn.Module):
     def _nearest_slots(self, queries: Tensor, classes: Tensor) -> Tensor:
         """[B, top_n] slots of the top-n nearest keys in each query's bank, nearest first, -1 padded.
 
-        One matrix product of the queries with the keys of the banks this batch reads (gathered
-        once; the pool itself when they are most of it), then each query keeps its own bank's
-        columns.
+        Each query is compared with its own bank only. Queries are grouped by bank, and banks of
+        the same padded width and padded query count are read together with one batched matrix
+        product ``[m, h, D] @ [m, D, w]`` (m banks, up to h queries each, w slots each).
         """
         slots = torch.full((len(queries), self.top_n), -1, dtype=torch.long, device=self.device)
-        needed, bank_of_query = torch.unique(classes, return_inverse=True)  # [U], [B]
-        sizes = self.bank_sizes()[needed.cpu().numpy()]                   # [U]
-        if sizes.sum() == 0:
+        classes_np = classes.cpu().numpy()
+        bank_sizes = self.bank_sizes()
+        if len(queries) == 0 or bank_sizes[classes_np].max() == 0:
             return slots
-        table = self.bank_table[needed]                                  # [U, W] slots, -1 padded
-        in_place = 2 * int(sizes.sum()) >= self._num_slots
-        if in_place:                                                     # columns are slot ids
-            keys = self.keys[: self._num_slots]                          # [N, D]
-        else:                                                            # columns: banks one after another
-            keys = self.keys[table[table >= 0]]                          # [S, D]
-            offsets = torch.from_numpy(np.cumsum(sizes) - sizes).to(self.device)  # [U] first column of a bank
-        key_sq = keys.square().sum(1)                                    # [S]
-        widths = _padded_widths(sizes[bank_of_query.cpu().numpy()], table.shape[1])  # [B]
-        for width in np.unique(widths[widths > 0]).tolist():
-            rows = torch.from_numpy(np.flatnonzero(widths == width)).to(self.device)
-            positions = torch.arange(width, device=self.device)
-            for chunk in rows.split(max(1, _CHUNK_ELEMENTS // len(keys))):
-                own = bank_of_query[chunk]                               # [b]
-                own_slots = table[own, :width]                           # [b, w] slots, -1 padded
-                columns = own_slots.clamp_min(0) if in_place else \
-                    (offsets[own].unsqueeze(1) + positions).clamp_max(len(keys) - 1)  # padding: masked below
+        order = np.argsort(classes_np, kind="stable")                  # queries sorted by bank
+        banks, first, counts = np.unique(classes_np[order], return_index=True, return_counts=True)  # [U] x3
+        rank = np.arange(len(order)) - np.repeat(first, counts)        # rank of a query within its bank
+        widths = _padded_widths(bank_sizes[banks], self.bank_table.shape[1])  # [U]
+        heights = 1 << np.ceil(np.log2(counts)).astype(np.int64)       # query counts padded to a power of 2
+        for width, height in sorted(set(zip(widths.tolist(), heights.tolist()))):
+            if width == 0:
+                continue                                               # empty banks: slots stay -1
+            group = np.flatnonzero((widths == width) & (heights == height))   # [m] positions in `banks`
+            # query rows of the group: [m, height], -1 padded
+            rows = np.full((len(group), height), -1, dtype=np.int64)
+            member = np.isin(np.repeat(np.arange(len(banks)), counts), group)
+            local = np.searchsorted(group, np.repeat(np.arange(len(banks)), counts)[member])
+            rows[local, rank[member]] = order[member]
+            rows = torch.from_numpy(rows).to(self.device)
+            banks_per_chunk = max(1, _CHUNK_ELEMENTS // (width * max(height, self.key_dim)))
+            for part in range(0, len(group), banks_per_chunk):
+                part_rows = rows[part: part + banks_per_chunk]                      # [m, h]
+                part_banks = torch.from_numpy(banks[group[part: part + banks_per_chunk]]).to(self.device)
+                table = self.bank_table[part_banks, :width]                         # [m, w] slots, -1 padded
+                keys = self.keys.index_select(0, table.clamp_min(0).flatten()).view(*table.shape, -1)  # [m, w, D]
+                key_sq = keys.square().sum(-1).masked_fill(table < 0, math.inf)     # [m, w]; padding: inf
                 # ||k||^2 - 2 q.k ranks keys like ||q - k||^2 (||q||^2 is constant along a row)
-                # [b, D] @ [D, S] -> [b, S] -> own columns [b, w]
-                dist = torch.addmm(key_sq, queries[chunk], keys.T, alpha=-2).gather(1, columns)
-                nearest = dist.masked_fill(own_slots < 0, math.inf).topk(min(self.top_n, width), dim=1,
-                                                                          largest=False).indices  # [b, k]
-                slots[chunk, : nearest.shape[1]] = own_slots.gather(1, nearest)  # -1 where a small bank pads
+                # [m, h, D] @ [m, D, w] -> [m, h, w]
+                dist = torch.baddbmm(key_sq.unsqueeze(1), queries[part_rows.clamp_min(0)], keys.transpose(1, 2),
+                                     alpha=-2)
+                nearest = dist.topk(min(self.top_n, width), dim=-1, largest=False).indices   # [m, h, k]
+                found = table.unsqueeze(1).expand(-1, height, -1).gather(-1, nearest)        # [m, h, k]
+                real = part_rows >= 0                                                        # [m, h]
+                slots[part_rows[real], : nearest.shape[-1]] = found[real]   # -1 where a small bank pads
         return slots
 
     def _weighted_read(self, queries: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
@@ -371,12 +380,12 @@ class EpisodicMemory(nn.Module):
             return queries.new_zeros(len(queries)), queries.new_zeros(slots.shape)
         rows = torch.zeros_like(slots)
         rows[valid] = inverse                                        # [B, n] row of each slot in `used`
-        keys, values = self.keys[used], self.values[used]            # gathered copies: [u, D], [u]
+        keys, values = self.keys.index_select(0, used), self.values.index_select(0, used)  # copies: [u, D], [u]
         if self.training and torch.is_grad_enabled():
             keys.requires_grad_(True)
             values.requires_grad_(True)
             self._recorded.append(_RecordedRead(used, self._insert_seq[used.cpu().numpy()], keys, values))
-        diff = queries.unsqueeze(1) - keys[rows]                     # [B, 1, D] - [B, n, D] -> [B, n, D]
+        diff = queries.unsqueeze(1) - keys.index_select(0, rows.flatten()).view(*rows.shape, -1)  # [B, n, D]
         similarity = torch.where(valid, 1.0 / (diff.square().sum(-1) + self.delta), 0.0)  # eq. 2, [B, n]
         total = similarity.sum(1, keepdim=True)                      # [B, 1]
         weights = similarity / torch.where(total > 0, total, 1.0)    # an empty bank keeps weights 0
@@ -534,18 +543,20 @@ class EpisodicMemory(nn.Module):
 
     def _reindex_and_touch(self, slots: Tensor) -> None:
         """After keys moved: point the exact-key index at their new fingerprints and reset their age."""
-        fingerprints = self._fingerprints(self.keys[slots] + 0.0).tolist()
-        slot_list = slots.tolist()
-        for i in np.argsort(self._insert_seq[slot_list], kind="stable").tolist():
-            slot = slot_list[i]
-            c = self._slot_key_id[slot][0]
-            self._unindex(slot)
-            key_id = (c, *fingerprints[i])
+        order = torch.from_numpy(np.argsort(self._insert_seq[slots.cpu().numpy()], kind="stable")).to(slots.device)
+        slots = slots[order]                                       # touched in the order they were first written
+        fingerprints = self._fingerprints(self.keys.index_select(0, slots) + 0.0).tolist()
+        index, slot_key_id, age_order = self._index, self._slot_key_id, self._age_order   # locals: a hot loop
+        for slot, (high, low) in zip(slots.tolist(), fingerprints):
+            old_id = slot_key_id[slot]
+            if index.get(old_id) == slot:
+                del index[old_id]
+            key_id = (old_id[0], high, low)
             # An exact collision with another key of the bank cannot be excluded in theory
             # (probability ~0); the other slot then keeps the index entry, nothing is merged.
-            self._index.setdefault(key_id, slot)
-            self._slot_key_id[slot] = key_id
-            self._age_order[c].move_to_end(slot)
+            index.setdefault(key_id, slot)
+            slot_key_id[slot] = key_id
+            age_order[old_id[0]].move_to_end(slot)
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict:
@@ -705,12 +716,13 @@ def _sparse_adam_(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tens
                   step: int, lr: float, betas: tuple[float, float], eps: float) -> None:
     """Adam on ``param[rows]`` only, with the arithmetic of ``torch.optim.SparseAdam`` (lazy moments)."""
     beta1, beta2 = betas
-    old_avg, old_avg_sq = exp_avg[rows], exp_avg_sq[rows]
+    old_avg, old_avg_sq = exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
     avg = old_avg + (grad - old_avg) * (1 - beta1)
-    avg_sq = old_avg_sq + (grad.pow(2) - old_avg_sq) * (1 - beta2)
-    exp_avg[rows], exp_avg_sq[rows] = avg, avg_sq
+    avg_sq = old_avg_sq + (grad * grad - old_avg_sq) * (1 - beta2)
+    exp_avg.index_copy_(0, rows, avg)
+    exp_avg_sq.index_copy_(0, rows, avg_sq)
     step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-    param[rows] = param[rows] + (-step_size * avg.div(avg_sq.sqrt().add(eps)))
+    param.index_copy_(0, rows, param.index_select(0, rows) + (-step_size * avg.div(avg_sq.sqrt().add(eps))))
 
 
 def _check_int(name: str, value: int, low: int, high: int | None = None) -> None:
