@@ -204,7 +204,8 @@ def test_read_matches_a_numpy_computation_of_eq_1_and_2():
     memory = random_memory()
     queries = torch.randn(9, D, generator=torch.Generator().manual_seed(5))
     classes = torch.tensor([0, 1, 3, 1, 0, 3, 1, 1, 0])
-    read = memory.read(queries, classes, return_weights=True)
+    with torch.no_grad():
+        read = memory.read(queries, classes, return_weights=True)
     for i, c in enumerate(classes.tolist()):
         slots, keys, values = memory.bank(c)
         score, weights, positions = numpy_read(queries[i].numpy(), keys.numpy(), values.numpy(), memory.top_n)
@@ -237,6 +238,24 @@ def test_banks_smaller_than_top_n_use_every_slot_and_pad():
     few = memory.read(queries[[1, 3]], torch.tensor([1, 3]), return_weights=True)   # banks gathered, not the pool
     assert sorted(few.slots[0, :3].tolist()) == sorted(memory.bank(1)[0].tolist()) and (few.slots[0, 3:] == -1).all()
     torch.testing.assert_close(few.scores, read.scores[[1, 3]])
+
+
+def test_read_with_uneven_queries_per_bank_matches_eq_1_2_and_its_slots():
+    # banks of several padded widths (3 .. 70 slots, one empty) read by 1 to 9 queries each
+    memory = random_memory(num_classes=6, sizes=(70, 3, 0, 41, 12, 9), top_n=10, capacity=100)
+    classes = torch.tensor([0] * 9 + [1] + [2] * 2 + [3] * 5 + [4] * 3 + [5])[torch.randperm(21)]
+    queries = torch.randn(21, D, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        read = memory.read(queries, classes, return_weights=True)
+    for i, c in enumerate(classes.tolist()):
+        slots, keys, values = memory.bank(c)
+        if len(keys) == 0:
+            assert read.scores[i] == 0 and (read.slots[i] == -1).all()
+            continue
+        score, weights, order = numpy_read(queries[i].numpy(), keys.numpy(), values.numpy(), 10)
+        assert read.scores[i].item() == pytest.approx(score, abs=1e-6)
+        assert read.slots[i, : len(order)].tolist() == slots[order].tolist()        # nearest first
+        np.testing.assert_allclose(read.weights[i, : len(order)].numpy(), weights, atol=1e-6)
 
 
 def test_an_empty_bank_reads_zero():
