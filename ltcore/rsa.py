@@ -353,6 +353,8 @@ class RegionSelfAttention(nn.Module):
         query_projection: if True, Q = Linear(mean-pooled map) with key_dim channels;
             otherwise (the paper) Q is the mean-pooled map itself and keys have in_dim channels.
         eps: added to the variance under the square root of eq. 7.
+        uniform_weights: a control, not in the paper: every region weighs 1/R instead of
+            eq. 13's softmax (keys, values and sums unchanged), to tell what the attention adds.
 
     Paper weights: ``height_embedding`` = W_h, ``width_embedding`` = W_w,
     ``key_hidden`` = W_o, ``key_output`` = W_d (see :meth:`paper_weights`).
@@ -375,6 +377,7 @@ class RegionSelfAttention(nn.Module):
         hidden_dim: int | None = None,
         query_projection: bool = False,
         eps: float = DEFAULT_EPS,
+        uniform_weights: bool = False,
     ) -> None:
         super().__init__()
         _check_positive_int(in_dim, "in_dim")
@@ -390,6 +393,7 @@ class RegionSelfAttention(nn.Module):
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.in_dim, self.key_dim, self.value_dim, self.shape_dim = in_dim, key_dim, value_dim, shape_dim
         self.h_max, self.w_max, self.mode, self.border, self.eps = h_max, w_max, mode, border, eps
+        self.uniform_weights = bool(uniform_weights)
         self.attention_dim = key_dim if query_projection else in_dim
         hidden_dim = self.attention_dim if hidden_dim is None else hidden_dim
         _check_positive_int(hidden_dim, "hidden_dim")
@@ -473,7 +477,10 @@ class RegionSelfAttention(nn.Module):
         region_values = region_sums(values, regions)  # (B, R, value_dim), eq. 12
         query = self.query(feature_map)  # (B, attention_dim), eq. 10
         logits = torch.einsum("bd,brd->br", query, region_keys) * self.scale  # (B, d) x (B, R, d) -> (B, R)
-        weights = logits.softmax(dim=-1)  # (B, R), softmax over regions, eq. 13
+        if self.uniform_weights:  # the control: 1/R for every region
+            weights = torch.full_like(logits, 1.0 / logits.shape[-1])  # (B, R)
+        else:
+            weights = logits.softmax(dim=-1)  # (B, R), softmax over regions, eq. 13
         feature = torch.einsum("br,brv->bv", weights, region_values)  # (B, R) x (B, R, V) -> (B, V)
         if not (return_weights or return_regions):
             return feature

@@ -312,6 +312,19 @@ def test_constant_keys_give_uniform_weights_and_mean_of_region_sums(h_max, w_max
         torch.testing.assert_close(out.feature, values.mean(dim=(2, 3)))
 
 
+def test_uniform_weights_control_averages_region_sums_and_keeps_region_features():
+    torch.manual_seed(4)
+    attended, uniform = RegionSelfAttention(6, 4, 2, 2), RegionSelfAttention(6, 4, 2, 2, uniform_weights=True)
+    uniform.load_state_dict(attended.state_dict())
+    x = torch.randn(3, 6, 4, 4)
+    out, control = attended(x, return_weights=True, return_regions=True), uniform(x, return_weights=True, return_regions=True)
+    R = len(control.regions)
+    torch.testing.assert_close(control.weights, torch.full((3, R), 1.0 / R))
+    assert not torch.allclose(out.weights, control.weights)       # the trained-from-init softmax is not uniform
+    torch.testing.assert_close(control.feature, region_sums(uniform.to_value(x), control.regions).mean(dim=1))
+    torch.testing.assert_close(control.region_features, out.region_features)
+
+
 def test_deterministic_for_fixed_seed():
     x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(5))
     outputs = []
