@@ -57,7 +57,9 @@ label encoding (and subsequent backprop)" in Sec. 4.8 implies T is fine-tuned); 
 
 Weights that cannot be downloaded raise :class:`PretrainedWeightsUnavailable` naming the weights and how to
 supply a local file, never a deep traceback. Nothing here downloads anything unless a network-backed
-``pretrained`` choice is made explicitly.
+``pretrained`` choice is made explicitly. Before a Hugging Face Hub download we look the Hub's host name up
+(milliseconds): when that fails and no proxy is configured, a copy already in the Hub cache is loaded from
+disk, and without one the error comes at once instead of after the Hub client's ~50 s of retries.
 
 Taught in notebook 04, *A frozen encoder and its index*, and notebook 05, *Texts in, logits out*.
 """
@@ -70,9 +72,11 @@ import importlib.resources
 import json
 import os
 import re
+import socket
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 import timm
@@ -96,6 +100,38 @@ class PretrainedWeightsUnavailable(RuntimeError):
 def _short_reason(error: BaseException) -> str:
     lines = str(error).strip().splitlines() or [""]
     return f"{type(error).__name__}: {lines[0][:240].rstrip('.')}"
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached (its host name does not resolve), or None.
+
+    Only a name lookup, so an offline machine answers in milliseconds. Behind a proxy the proxy
+    resolves names, and with ``HF_HUB_OFFLINE`` the Hub client itself is quick: no verdict then.
+    """
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES) or constants.HF_HUB_OFFLINE:
+        return None
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        return f"cannot resolve {host} ({error})"
+    return None
+
+
+def _hub_cached_file(repo_id: str, filenames: Sequence[str], cache_dir: str | os.PathLike | None) -> Path | None:
+    """The first of ``filenames`` of ``repo_id`` already in the Hub cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id.strip("/"), filename, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 # ============================================================================================ preprocessing
@@ -359,18 +395,29 @@ def _create_timm_backbone(
     if not pretrained:
         with _seeded(seed):
             return timm.create_model(architecture, pretrained=False, **kwargs), f"random(seed={seed})"
-    try:
-        model = timm.create_model(architecture, pretrained=True, cache_dir=cache_dir, **kwargs)
-    except Exception as error:  # noqa: BLE001 - network, hub and missing-weights errors all end here
-        cfg = timm.models.get_pretrained_cfg(architecture)
-        hub_id = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or architecture
-        raise PretrainedWeightsUnavailable(
+    cfg = timm.models.get_pretrained_cfg(architecture)
+    hub_id = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or architecture
+
+    def unavailable(reason: str) -> PretrainedWeightsUnavailable:
+        return PretrainedWeightsUnavailable(
             f"Could not obtain pretrained weights for image encoder {name!r} (timm {architecture!r}, from "
-            f"{hub_id}): {_short_reason(error)}. This machine may be offline. Download the checkpoint where there "
+            f"{hub_id}): {reason}. This machine may be offline. Download the checkpoint where there "
             f"is network access (e.g. `hf download {hub_id}`) and pass "
             f"weights_file='/path/to/model.safetensors' to image_encoder(), or use the offline default "
             f"image_encoder('efficientnet_lite0')."
-        ) from None
+        )
+
+    offline = _hub_unreachable() if getattr(cfg, "hf_hub_id", None) else None
+    if offline is not None:
+        cached = _hub_cached_file(cfg.hf_hub_id, ("model.safetensors", "pytorch_model.bin"), cache_dir)
+        if cached is None:
+            raise unavailable(f"{offline}, and the weights are not in the Hub cache")
+        model, _ = _create_timm_backbone(name, architecture, True, cached, image_size, seed, cache_dir)
+        return model, f"timm:{cfg.hf_hub_id}"
+    try:
+        model = timm.create_model(architecture, pretrained=True, cache_dir=cache_dir, **kwargs)
+    except Exception as error:  # noqa: BLE001 - network, hub and missing-weights errors all end here
+        raise unavailable(_short_reason(error)) from None
     return model, f"timm:{model.pretrained_cfg.get('hf_hub_id') or architecture}"
 
 
@@ -697,17 +744,28 @@ def _create_open_clip(
             raise ValueError(
                 f"checkpoint {path} could not be loaded into open_clip {model_name}: {_short_reason(error)}"
             ) from None
+    source = open_clip.get_pretrained_cfg(model_name, pretrained)
+    where = source.get("hf_hub") or source.get("url") or pretrained
+
+    def unavailable(reason: str) -> PretrainedWeightsUnavailable:
+        return PretrainedWeightsUnavailable(
+            f"Could not obtain pretrained CLIP text-encoder weights ({model_name}, tag {pretrained!r}, from "
+            f"{where}): {reason}. This machine may be offline. Download the checkpoint where there "
+            f"is network access and pass pretrained='/path/to/open_clip_model.safetensors' (a full {model_name} "
+            f"checkpoint), or use the offline text_encoder('minilm') or text_encoder('bow_random')."
+        )
+
+    offline = _hub_unreachable() if source.get("hf_hub") else None
+    if offline is not None:
+        cached = _hub_cached_file(source["hf_hub"], ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+                                  cache_dir)
+        if cached is None:
+            raise unavailable(f"{offline}, and the weights are not in the Hub cache")
+        return _create_open_clip(model_name, cached, cache_dir, overrides)
     try:
         return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir, **overrides)
     except Exception as error:  # noqa: BLE001 - download failures of every kind
-        source = open_clip.get_pretrained_cfg(model_name, pretrained)
-        where = source.get("hf_hub") or source.get("url") or pretrained
-        raise PretrainedWeightsUnavailable(
-            f"Could not obtain pretrained CLIP text-encoder weights ({model_name}, tag {pretrained!r}, from "
-            f"{where}): {_short_reason(error)}. This machine may be offline. Download the checkpoint where there "
-            f"is network access and pass pretrained='/path/to/open_clip_model.safetensors' (a full {model_name} "
-            f"checkpoint), or use the offline text_encoder('minilm') or text_encoder('bow_random')."
-        ) from None
+        raise unavailable(_short_reason(error)) from None
 
 
 @contextlib.contextmanager

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
+
 import pytest
 import timm
 import torch
@@ -141,6 +144,47 @@ def test_unreachable_hub_gives_a_clear_error_for_timm(hub_offline, tmp_path):
 def test_unreachable_hub_gives_a_clear_error_for_open_clip(hub_offline, tmp_path):
     with pytest.raises(PretrainedWeightsUnavailable, match=r"openai.*pretrained='/path"):
         text_encoder("clip", 3, cache_dir=tmp_path)
+
+
+@pytest.fixture
+def dns_fails(monkeypatch):
+    """An offline machine without proxy: every host name lookup fails at once."""
+    import huggingface_hub.constants
+
+    def no_lookup(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+
+
+def test_unresolvable_hub_fails_at_once_without_trying_to_download(dns_fails, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: calls.append(kwargs))
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"cannot resolve huggingface.co.*not in the Hub cache"):
+        image_encoder("test_resnet", pretrained=True, cache_dir=tmp_path)
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"cannot resolve huggingface.co.*pretrained='/path"):
+        text_encoder("clip", 3, cache_dir=tmp_path)
+    assert calls == [], "no download was attempted"
+
+
+def test_unresolvable_hub_loads_a_copy_already_in_the_hub_cache(dns_fails, tmp_path):
+    from safetensors.torch import save_file
+
+    source = timm.create_model("test_resnet", pretrained=False)
+    snapshot = tmp_path / "models--timm--test_resnet.r160_in1k" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    save_file(source.state_dict(), snapshot / "model.safetensors")
+    (tmp_path / "models--timm--test_resnet.r160_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--test_resnet.r160_in1k" / "refs" / "main").write_text("0123abcd")
+    encoder = image_encoder("test_resnet", pretrained=True, cache_dir=tmp_path)
+    assert encoder.weights == "timm:timm/test_resnet.r160_in1k"
+    loaded = dict(encoder.backbone.named_parameters())
+    for name, weight in source.named_parameters():
+        if not name.startswith("fc."):                      # the classifier is dropped (num_classes=0)
+            assert torch.equal(loaded[name], weight), name
 
 
 # ========================================================================================= embedding cache
