@@ -494,7 +494,7 @@ def test_quick_benchmark_runs_and_agrees_with_the_loop():
     from ltcore.benchmarks.memory import main
     results = main(["--quick", "--threads", "1"])
     read = results["read_all"][0]
-    assert read["max_abs_diff_vs_loop"] <= 1e-5
+    assert read["max_abs_diff_vs_loop"] <= 1e-5 and read["max_abs_diff_vs_read_loop"] <= 1e-5
     assert read["ours_ms"] > 0 and read["faiss_ms"] > 0
     assert results["write"]["large_banks_full"]
     assert len(results["targets"]) == 3
