@@ -35,7 +35,8 @@ Neither read loops in Python over queries or classes; the only loops are over pa
 widths (sizes rounded up to 8 steps per power of two: at most 12.5% padding, a handful of
 widths in practice, at most 8 per doubling of the bank size), for :meth:`read` also over
 query counts per bank rounded up to a power of two, and over chunks that keep the
-temporaries under 64 MB.
+temporaries under 64 MB (except the keys of a single bank, which :meth:`read` gathers whole:
+100 MB for a full bank of 50,000 x 512).
 
 * :meth:`read` (training, eq. 14-15; one bank per query): each query is compared with its
   own bank only. Queries are grouped by bank; banks of one padded width and one padded
@@ -343,6 +344,7 @@ class EpisodicMemory(nn.Module):
         order = np.argsort(classes_np, kind="stable")                  # queries sorted by bank
         banks, first, counts = np.unique(classes_np[order], return_index=True, return_counts=True)  # [U] x3
         rank = np.arange(len(order)) - np.repeat(first, counts)        # rank of a query within its bank
+        bank_of_sorted = np.repeat(np.arange(len(banks)), counts)      # position in `banks` of each sorted query
         widths = _padded_widths(bank_sizes[banks], self.bank_table.shape[1])  # [U]
         heights = 1 << np.ceil(np.log2(counts)).astype(np.int64)       # query counts padded to a power of 2
         for width, height in sorted(set(zip(widths.tolist(), heights.tolist()))):
@@ -351,25 +353,26 @@ class EpisodicMemory(nn.Module):
             group = np.flatnonzero((widths == width) & (heights == height))   # [m] positions in `banks`
             # query rows of the group: [m, height], -1 padded
             rows = np.full((len(group), height), -1, dtype=np.int64)
-            member = np.isin(np.repeat(np.arange(len(banks)), counts), group)
-            local = np.searchsorted(group, np.repeat(np.arange(len(banks)), counts)[member])
-            rows[local, rank[member]] = order[member]
+            member = np.isin(bank_of_sorted, group)
+            rows[np.searchsorted(group, bank_of_sorted[member]), rank[member]] = order[member]
             rows = torch.from_numpy(rows).to(self.device)
-            banks_per_chunk = max(1, _CHUNK_ELEMENTS // (width * max(height, self.key_dim)))
+            rows_per_chunk = max(1, min(height, _CHUNK_ELEMENTS // width))
+            banks_per_chunk = max(1, _CHUNK_ELEMENTS // (width * max(rows_per_chunk, self.key_dim)))
             for part in range(0, len(group), banks_per_chunk):
-                part_rows = rows[part: part + banks_per_chunk]                      # [m, h]
                 part_banks = torch.from_numpy(banks[group[part: part + banks_per_chunk]]).to(self.device)
                 table = self.bank_table[part_banks, :width]                         # [m, w] slots, -1 padded
                 keys = self.keys.index_select(0, table.clamp_min(0).flatten()).view(*table.shape, -1)  # [m, w, D]
                 key_sq = keys.square().sum(-1).masked_fill(table < 0, math.inf)     # [m, w]; padding: inf
-                # ||k||^2 - 2 q.k ranks keys like ||q - k||^2 (||q||^2 is constant along a row)
-                # [m, h, D] @ [m, D, w] -> [m, h, w]
-                dist = torch.baddbmm(key_sq.unsqueeze(1), queries[part_rows.clamp_min(0)], keys.transpose(1, 2),
-                                     alpha=-2)
-                nearest = dist.topk(min(self.top_n, width), dim=-1, largest=False).indices   # [m, h, k]
-                found = table.unsqueeze(1).expand(-1, height, -1).gather(-1, nearest)        # [m, h, k]
-                real = part_rows >= 0                                                        # [m, h]
-                slots[part_rows[real], : nearest.shape[-1]] = found[real]   # -1 where a small bank pads
+                for start in range(0, height, rows_per_chunk):
+                    part_rows = rows[part: part + banks_per_chunk, start: start + rows_per_chunk]  # [m, h]
+                    own_queries = queries.index_select(0, part_rows.clamp_min(0).flatten()).view(*part_rows.shape, -1)
+                    # ||k||^2 - 2 q.k ranks keys like ||q - k||^2 (||q||^2 is constant along a row)
+                    # [m, h, D] @ [m, D, w] -> [m, h, w]; padding rows repeat query 0 and are dropped below
+                    dist = torch.baddbmm(key_sq.unsqueeze(1), own_queries, keys.transpose(1, 2), alpha=-2)
+                    nearest = dist.topk(min(self.top_n, width), dim=-1, largest=False).indices    # [m, h, k]
+                    found = table.unsqueeze(1).expand(-1, part_rows.shape[1], -1).gather(-1, nearest)  # [m, h, k]
+                    real = part_rows >= 0                                                         # [m, h]
+                    slots[part_rows[real], : nearest.shape[-1]] = found[real]  # -1 where a small bank pads
         return slots
 
     def _weighted_read(self, queries: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
