@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Callable
 
@@ -89,7 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     faiss.omp_set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
     try:
-        reads = [_bench_reads(*setup, sizes, generator, device) for setup in sizes["reads"]]
+        reads = []
+        for number, setup in enumerate(sizes["reads"], 1):
+            print(f"read_all set-up {number}/{len(sizes['reads'])}: {setup[0]} classes, banks of {setup[1]}-{setup[2]} "
+                  f"slots, dim {setup[3]}, {setup[4]} queries ...", file=sys.stderr, flush=True)
+            reads.append(_bench_reads(*setup, sizes, generator, device))
+        print("writes ...", file=sys.stderr, flush=True)
         writes = _bench_writes(sizes, generator, device)
     finally:  # a caller (test, notebook) keeps its own thread settings
         torch.set_num_threads(previous_threads[0])
