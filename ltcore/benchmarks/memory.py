@@ -27,7 +27,7 @@ inference batch), on 1000 classes with tail-sized banks of 10-30 slots, dimensio
 
 What the loop ratio measures: both sides do the same arithmetic (one distance per query and
 slot, one top-n per query and bank), so batching saves the loop's per-class overhead (about
-a dozen small tensor operations, ~0.2 ms) and little else. Where that arithmetic dominates
+a dozen small tensor operations, ~0.05-0.2 ms per class) and little else. Where that arithmetic dominates
 (hundreds of slots per bank, hundreds of queries) the ratio stays near 1 whatever the code;
 it is large only where the per-class overhead dominates (many small banks, few queries).
 Keys are class-clustered Gaussians. ``--threads`` sets ``torch.set_num_threads`` and
