@@ -338,14 +338,14 @@ class EpisodicMemory(nn.Module):
         """
         slots = torch.full((len(queries), self.top_n), -1, dtype=torch.long, device=self.device)
         classes_np = classes.cpu().numpy()
-        bank_sizes = self.bank_sizes()
-        if len(queries) == 0 or bank_sizes[classes_np].max() == 0:
-            return slots
         order = np.argsort(classes_np, kind="stable")                  # queries sorted by bank
         banks, first, counts = np.unique(classes_np[order], return_index=True, return_counts=True)  # [U] x3
+        sizes = np.array([len(self._age_order[c]) for c in banks.tolist()], dtype=np.int64)  # [U], not all C
+        if len(queries) == 0 or sizes.max() == 0:
+            return slots
         rank = np.arange(len(order)) - np.repeat(first, counts)        # rank of a query within its bank
         bank_of_sorted = np.repeat(np.arange(len(banks)), counts)      # position in `banks` of each sorted query
-        widths = _padded_widths(bank_sizes[banks], self.bank_table.shape[1])  # [U]
+        widths = _padded_widths(sizes, self.bank_table.shape[1])       # [U]
         heights = 1 << np.ceil(np.log2(counts)).astype(np.int64)       # query counts padded to a power of 2
         for width, height in sorted(set(zip(widths.tolist(), heights.tolist()))):
             if width == 0:
