@@ -64,7 +64,8 @@ Interpretations (the paper is under-specified in these places)
   global and local scores of a class averaged), and the final score
   ``logits = (softmax(y') + m) / 2``: two predictions averaged, so the classifier keeps weight 1/2
   in every ablation. The final score is not normalised over classes (each memory score is a
-  per-class probability); :func:`threshold_predictions` applies the open-set threshold to it.
+  per-class probability); :func:`open_set_metrics` thresholds it as it is
+  (``ltcore.metrics.open_set_predictions(..., normalized=False)``).
 * Optimizers (4.2): SGD(backbone + RSA + head) and the memories' own lazy Adam
   (:class:`ltcore.memory.MemoryOptimizer`). The memory lr is ``memory_kwargs["lr"]`` (paper 1e-5).
 
@@ -83,10 +84,10 @@ from ltcore.memory import EpisodicMemory, MemoryOptimizer
 from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure, open_set_predictions
 from ltcore.models import create_backbone
 from ltcore.rsa import RegionSelfAttention, region_partition, region_sums
-from ltcore.train import TrainConfig, takes_epoch
+from ltcore.train import TrainConfig, call_loss, default_optimizers
 
 __all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "create_iem", "hard_negatives",
-           "open_set_metrics", "threshold_predictions"]
+           "open_set_metrics"]
 
 # Table 5's rows: ablation key -> (method name, switches turned off).
 ABLATIONS: dict[Optional[str], tuple[str, dict]] = {
@@ -130,23 +131,14 @@ def hard_negatives(logits: Tensor, labels: Tensor) -> Tensor:
     return masked.argmax(1)
 
 
-def threshold_predictions(scores: Tensor | np.ndarray, threshold: float) -> np.ndarray:
-    """Open-set predictions (OLTR protocol): argmax class, or -1 where the max score is below ``threshold``.
-
-    scores: [N, L] per-class scores (softmax probabilities, or IEM's averaged score, which does not sum
-    to 1 over classes and may leave [0, 1] slightly: memory values are not clamped). Returns [N] int64: ``ltcore.metrics.open_set_predictions`` with
-    ``normalized=False``.
-    """
-    scores = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else scores
-    return open_set_predictions(scores, threshold, normalized=False)
-
-
 def open_set_metrics(known_scores: np.ndarray, known_labels: np.ndarray, open_scores: np.ndarray,
                      class_counts: np.ndarray, threshold: float) -> dict[str, float]:
     """IEM Table 4's open-set columns (OLTR protocol) for one model's scores.
 
     known_scores [N, L] and known_labels [N] on the closed test set, open_scores [M, L] on the open
-    set (label -1). Predictions are :func:`threshold_predictions`; returns ``f_measure``
+    set (label -1). Predictions are ``ltcore.metrics.open_set_predictions`` with ``normalized=False`` (IEM's
+    averaged score does not sum to 1 over classes and may leave [0, 1] slightly: memory values are not
+    clamped); returns ``f_measure``
     (``ltcore.metrics.open_set_f_measure``, OLTR's current rule) and ``open_many`` / ``open_medium``
     / ``open_few`` / ``open_overall`` (``known_class_shot_accuracy``: known-class samples only,
     rejections count as wrong), accuracies as fractions.
@@ -156,7 +148,8 @@ def open_set_metrics(known_scores: np.ndarray, known_labels: np.ndarray, open_sc
     if known_scores.ndim != 2 or open_scores.ndim != 2 or known_scores.shape[1] != open_scores.shape[1]:
         raise ValueError(f"known_scores {known_scores.shape} and open_scores {open_scores.shape} must be [N, L] "
                          "with the same number of classes")
-    predictions = threshold_predictions(np.concatenate([known_scores, open_scores]), threshold)  # [N + M]
+    predictions = open_set_predictions(np.concatenate([known_scores, open_scores]), threshold,
+                                       normalized=False)                                       # [N + M]
     labels = np.concatenate([np.asarray(known_labels), np.full(len(open_scores), -1)])        # [N + M]
     shots = known_class_shot_accuracy(predictions, labels, class_counts)
     return {"f_measure": open_set_f_measure(predictions, labels),
@@ -172,7 +165,6 @@ class IEMClassifier(nn.Module):
         use_rsa: RSA feeds the head and encodes the local regions; False: GAP and pooled regions.
         use_global_memory, use_local_memory: build that memory (False: no memory object at all).
         memory_kwargs: EpisodicMemory arguments of both memories (capacity, top_n, delta, gamma, lr, ...).
-        local_memory_kwargs: overrides of ``memory_kwargs`` for the local memory only.
         rsa_kwargs: RegionSelfAttention arguments besides ``in_dim`` (key_dim, h_max, w_max, mode, ...);
             without RSA, h_max / w_max / mode / border still define the pooled regions.
         regions_per_image: k regions written to and read from the local memory per image (None: all R).
@@ -182,8 +174,7 @@ class IEMClassifier(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, use_rsa: bool = True, use_global_memory: bool = True,
-                 use_local_memory: bool = True, memory_kwargs: Optional[dict] = None,
-                 local_memory_kwargs: Optional[dict] = None, rsa_kwargs: Optional[dict] = None,
+                 use_local_memory: bool = True, memory_kwargs: Optional[dict] = None, rsa_kwargs: Optional[dict] = None,
                  regions_per_image: Optional[int] = 4, warmup_epochs: int = 1):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -215,8 +206,7 @@ class IEMClassifier(nn.Module):
             head_dim, local_dim = channels, channels
         self.fc = nn.Linear(head_dim, num_classes)
         self.global_memory = EpisodicMemory(num_classes, channels, **memory_kwargs) if use_global_memory else None
-        self.local_memory = (EpisodicMemory(num_classes, local_dim, **{**memory_kwargs, **(local_memory_kwargs or {})})
-                             if use_local_memory else None)
+        self.local_memory = EpisodicMemory(num_classes, local_dim, **memory_kwargs) if use_local_memory else None
         self._pending_writes: list[tuple[EpisodicMemory, Tensor, Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------ inspection
@@ -271,25 +261,31 @@ class IEMClassifier(nn.Module):
         return region_features.gather(1, order.unsqueeze(-1).expand(-1, -1, region_features.shape[-1]))
 
     # ------------------------------------------------------------------ memory reads
-    def _read(self, name: str, features: IEMFeatures, classes: Tensor) -> Tensor:
-        """READ of eq. 14-15: bank ``classes[i]`` of memory ``name`` for image i -> scores [B]."""
+    def _memory_keys(self, name: str, features: IEMFeatures) -> tuple[Tensor, int]:
+        """Keys of memory ``name`` for a batch: [B k, D] (image after image) and k (1 for the global memory)."""
         if name == "global":
-            return self.global_memory.read(features.global_keys, classes)      # [B]
-        keys = features.region_keys                                            # [B, k, D]
-        batch, k, dim = keys.shape
-        scores = self.local_memory.read(keys.reshape(batch * k, dim), classes.repeat_interleave(k))  # [B k]
-        return scores.view(batch, k).mean(1)                                   # [B k] -> [B, k] -> [B]
+            return features.global_keys, 1                                     # [B, C]
+        batch, k, dim = features.region_keys.shape
+        return features.region_keys.reshape(batch * k, dim), k                 # [B, k, D] -> [B k, D]
+
+    def _read_pos_neg(self, name: str, features: IEMFeatures, labels: Tensor,
+                      negatives: Tensor) -> tuple[Tensor, Tensor]:
+        """READ of eq. 14 (bank ``labels[i]``) and eq. 15 (bank ``negatives[i]``) in one memory read: [B], [B].
+
+        A local read averages the k regions of an image.
+        """
+        keys, k = self._memory_keys(name, features)                            # [B k, D]
+        classes = torch.cat([labels, negatives]).repeat_interleave(k)          # [2 B k]
+        scores = self.memories[name].read(torch.cat([keys, keys]), classes)    # [2 B k]
+        p_pos, p_neg = scores.view(2, len(labels), k).mean(2)                  # [2, B, k] -> [2, B]
+        return p_pos, p_neg
 
     def memory_scores(self, features: IEMFeatures) -> dict[str, Tensor]:
         """Every bank of every memory present read for every image (inference): name -> [B, L]."""
         scores = {}
-        if self.global_memory is not None:
-            scores["global"] = self.global_memory.read_all(features.global_keys)          # [B, L]
-        if self.local_memory is not None:
-            keys = features.region_keys                                                    # [B, k, D]
-            batch, k, dim = keys.shape
-            local = self.local_memory.read_all(keys.reshape(batch * k, dim))               # [B k, L]
-            scores["local"] = local.view(batch, k, -1).mean(1)                             # [B, k, L] -> [B, L]
+        for name, memory in self.memories.items():
+            keys, k = self._memory_keys(name, features)                        # [B k, D]
+            scores[name] = memory.read_all(keys).view(-1, k, self.num_classes).mean(1)  # [B, k, L] -> [B, L]
         return scores
 
     # ------------------------------------------------------------------ training (eq. 14-16)
@@ -300,13 +296,11 @@ class IEMClassifier(nn.Module):
         """
         labels = self._check_labels(labels, len(images))
         features = self.encode(images)
-        ce = loss_fn(features.logits, labels, epoch=epoch) if takes_epoch(loss_fn) else loss_fn(features.logits, labels)
-        terms = {"ce": ce}
+        terms = {"ce": call_loss(loss_fn, features.logits, labels, epoch)}
         if not self.in_warmup(epoch):
             negatives = hard_negatives(features.logits, labels)                # [B]
             for name in self.memories:
-                p_pos = self._read(name, features, labels)                     # [B], eq. 14
-                p_neg = self._read(name, features, negatives)                  # [B], eq. 15
+                p_pos, p_neg = self._read_pos_neg(name, features, labels, negatives)  # [B] x2, eq. 14-15
                 terms[f"{name}_pos"] = F.mse_loss(p_pos, torch.ones_like(p_pos))   # eq. 5, mean over the batch
                 terms[f"{name}_neg"] = F.mse_loss(p_neg, torch.zeros_like(p_neg))
         self._queue_writes(features, labels)
@@ -319,12 +313,10 @@ class IEMClassifier(nn.Module):
     def _queue_writes(self, features: IEMFeatures, labels: Tensor) -> None:
         """Queue (key, softmax(y')[y], label) for each memory; values and keys are detached."""
         confidence = features.logits.detach().softmax(1).gather(1, labels.view(-1, 1)).squeeze(1)  # [B]
-        if self.global_memory is not None:
-            self._pending_writes.append((self.global_memory, features.global_keys.detach(), confidence, labels))
-        if self.local_memory is not None:
-            batch, k, dim = features.region_keys.shape
-            self._pending_writes.append((self.local_memory, features.region_keys.detach().reshape(batch * k, dim),
-                                         confidence.repeat_interleave(k), labels.repeat_interleave(k)))  # [B k]
+        for name, memory in self.memories.items():
+            keys, k = self._memory_keys(name, features)                        # [B k, D]
+            self._pending_writes.append((memory, keys.detach(), confidence.repeat_interleave(k),
+                                         labels.repeat_interleave(k)))
 
     def after_optimizer_step(self) -> None:
         """Hook of :func:`ltcore.train.fit`: write the queued pairs (eq. 3-4), after the memories' Adam step."""
@@ -334,9 +326,7 @@ class IEMClassifier(nn.Module):
 
     def configure_optimizers(self, config: TrainConfig) -> list:
         """[SGD(backbone + RSA + head), MemoryOptimizer(memories)] (paper 4.2); the first follows the lr schedule."""
-        sgd = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=config.lr,
-                              momentum=config.momentum, weight_decay=config.weight_decay)
-        return [sgd, MemoryOptimizer(*self.memories.values())]
+        return [*default_optimizers(self, config), MemoryOptimizer(*self.memories.values())]
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -350,10 +340,6 @@ class IEMClassifier(nn.Module):
         classifier = features.logits.softmax(1)                                # [B, L]
         memory = torch.stack(list(branches.values())).mean(0)                  # [M, B, L] -> [B, L]
         return {"logits": (classifier + memory) / 2, "classifier": classifier, "memory": memory, **branches}
-
-    def predict_step(self, images: Tensor, indices: Optional[Tensor] = None) -> dict[str, Tensor]:
-        """Hook of :func:`ltcore.train.predict`: see :meth:`forward`."""
-        return self(images)
 
     def _check_labels(self, labels: Tensor, batch: int) -> Tensor:
         labels = torch.as_tensor(labels)
@@ -372,7 +358,7 @@ def create_iem(variant: str = "tiny", num_classes: int = 10, ablation: Optional[
 
     ``ablation``: None ("IEM"), "no_rsa", "no_local", "no_global" (:data:`ABLATIONS`). ``overrides``
     replace variant settings (``backbone`` name, ``regions_per_image``, ``warmup_epochs``, ...);
-    ``memory_kwargs``, ``local_memory_kwargs`` and ``rsa_kwargs`` are merged into the variant's.
+    ``memory_kwargs`` and ``rsa_kwargs`` are merged into the variant's.
 
     Taught in notebook 06, *IEM results*.
     """
@@ -381,7 +367,7 @@ def create_iem(variant: str = "tiny", num_classes: int = 10, ablation: Optional[
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {ablation!r}")
     settings = dict(IEM_VARIANTS[variant])
-    for key in ("memory_kwargs", "local_memory_kwargs", "rsa_kwargs"):
+    for key in ("memory_kwargs", "rsa_kwargs"):
         settings[key] = {**settings.get(key, {}), **(overrides.pop(key, None) or {})}
     settings.update(overrides)
     switches = ABLATIONS[ablation][1]

@@ -470,16 +470,18 @@ class RegionSelfAttention(nn.Module):
         """
         self._check_input(feature_map)
         regions = self.regions_for(*feature_map.shape[-2:])  # (R, 4)
-        keys = self.to_key(feature_map)  # (B, C, H, W) -> (B, key_dim, H, W)
         values = self.to_value(feature_map)  # (B, C, H, W) -> (B, value_dim, H, W)
-        stats = region_statistics(keys, regions, eps=self.eps)  # mean, std: (B, R, key_dim), eq. 6-7
-        region_keys = self.encode_region_keys(stats.mean, stats.std, regions)  # (B, R, attention_dim), eq. 11
         region_values = region_sums(values, regions)  # (B, R, value_dim), eq. 12
-        query = self.query(feature_map)  # (B, attention_dim), eq. 10
-        logits = torch.einsum("bd,brd->br", query, region_keys) * self.scale  # (B, d) x (B, R, d) -> (B, R)
+        region_keys = None  # the uniform control needs them only when asked for
+        if return_regions or not self.uniform_weights:
+            keys = self.to_key(feature_map)  # (B, C, H, W) -> (B, key_dim, H, W)
+            stats = region_statistics(keys, regions, eps=self.eps)  # mean, std: (B, R, key_dim), eq. 6-7
+            region_keys = self.encode_region_keys(stats.mean, stats.std, regions)  # (B, R, attention_dim), eq. 11
         if self.uniform_weights:  # the control: 1/R for every region
-            weights = torch.full_like(logits, 1.0 / logits.shape[-1])  # (B, R)
+            weights = region_values.new_full(region_values.shape[:2], 1.0 / len(regions))  # (B, R)
         else:
+            query = self.query(feature_map)  # (B, attention_dim), eq. 10
+            logits = torch.einsum("bd,brd->br", query, region_keys) * self.scale  # (B, d) x (B, R, d) -> (B, R)
             weights = logits.softmax(dim=-1)  # (B, R), softmax over regions, eq. 13
         feature = torch.einsum("br,brv->bv", weights, region_values)  # (B, R) x (B, R, V) -> (B, V)
         if not (return_weights or return_regions):

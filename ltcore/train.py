@@ -77,6 +77,11 @@ def takes_epoch(loss_fn: Callable) -> bool:
         return False
 
 
+def call_loss(loss_fn: Callable, logits: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+    """``loss_fn(logits, labels)``, with ``epoch=`` when the loss takes one (DRW and other schedules)."""
+    return loss_fn(logits, labels, epoch=epoch) if takes_epoch(loss_fn) else loss_fn(logits, labels)
+
+
 def default_optimizers(model: nn.Module, config: TrainConfig) -> list:
     params = [p for p in model.parameters() if p.requires_grad]
     return [torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)]
@@ -107,7 +112,6 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
         state = load_checkpoint(checkpoint_path, model, optimizers)
         history, start_epoch = History(**state["history"]), state["epoch"] + 1
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
-    pass_epoch = takes_epoch(loss_fn)
     started = time.perf_counter() - history.seconds
     for epoch in range(start_epoch, config.epochs):
         # Data order and augmentation are seeded per epoch, so a resumed run sees what an uninterrupted one would.
@@ -125,8 +129,7 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
             if hasattr(model, "training_step"):
                 loss = model.training_step(images, labels, indices, loss_fn, epoch)
             else:
-                logits = _output_logits(model(images))
-                loss = loss_fn(logits, labels, epoch=epoch) if pass_epoch else loss_fn(logits, labels)
+                loss = call_loss(loss_fn, _output_logits(model(images)), labels, epoch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the lr")
             for optimizer in optimizers:

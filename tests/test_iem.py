@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ltcore.data import ArrayDataset
-from ltcore.iem import (ABLATIONS, IEMClassifier, create_iem, hard_negatives, open_set_metrics,
-                        threshold_predictions)
+from ltcore.iem import ABLATIONS, IEMClassifier, create_iem, hard_negatives, open_set_metrics
 from ltcore.losses import make_loss
 from ltcore.memory import EpisodicMemory, MemoryOptimizer
 from ltcore.metrics import open_set_predictions
@@ -79,7 +78,7 @@ def test_shapes_of_every_output(ablation):
         assert features.region_keys.shape == (BATCH, K, local_dim)
     model.eval()
     with torch.no_grad():
-        out = model.predict_step(images, torch.arange(BATCH))
+        out = model(images)
     branches = {"global_memory", "local_memory"} - {"no_global": {"global_memory"},
                                                     "no_local": {"local_memory"}}.get(ablation, set())
     assert set(out) == {"logits", "classifier", "memory"} | branches
@@ -239,13 +238,13 @@ def test_one_fit_epoch_after_warmup_writes_to_the_memories_within_capacity():
     assert set(map(id, optimizers[1].memories)) == {id(m) for m in model.memories.values()}
 
 
-def test_predict_step_logits_average_the_classifier_and_the_memories():
+def test_forward_logits_average_the_classifier_and_the_memories():
     model = make_model()
     warm_up(model)
     model.eval()
     images, _ = batch(seed=5)
     with torch.no_grad():
-        out = model.predict_step(images)
+        out = model(images)
         features = model.encode(images)
     assert torch.allclose(out["classifier"], features.logits.softmax(1), atol=1e-6)
     assert torch.allclose(out["memory"], (out["global_memory"] + out["local_memory"]) / 2, atol=1e-6)
@@ -277,14 +276,15 @@ def test_state_dict_round_trip_gives_identical_predictions():
 
 
 # --------------------------------------------------------------------------- helpers and errors
-def test_threshold_predictions_match_the_oltr_rule_on_probabilities():
+def test_unnormalized_thresholding_matches_the_oltr_rule_on_probabilities():
     probs = torch.tensor([[0.5, 0.3, 0.2], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]])
-    assert threshold_predictions(probs, 0.4).tolist() == [0, -1, 2]
-    assert threshold_predictions(probs, 0.4).tolist() == open_set_predictions(probs.numpy(), 0.4).tolist()
+    assert open_set_predictions(probs, 0.4, normalized=False).tolist() == [0, -1, 2]
+    assert (open_set_predictions(probs, 0.4, normalized=False).tolist()
+            == open_set_predictions(probs.numpy(), 0.4).tolist())
     scores = np.array([[0.2, 0.6, 0.9], [0.1, 0.2, 0.3]])  # IEM scores need not sum to 1
-    assert threshold_predictions(scores, 0.5).tolist() == [2, -1]
+    assert open_set_predictions(scores, 0.5, normalized=False).tolist() == [2, -1]
     with pytest.raises(ValueError, match="finite"):
-        threshold_predictions(np.array([[np.nan, 1.0]]), 0.5)
+        open_set_predictions(np.array([[np.nan, 1.0]]), 0.5, normalized=False)
 
 
 def test_bad_configurations_and_inputs_are_clear_errors():
