@@ -45,8 +45,8 @@ Readings and shortcuts (each a setting of :class:`RACSettings`)
   T runs on every batch and its transformer is fine-tuned, with its own AdamW optimizer at the paper's
   Places365-LT settings (lr 5e-5, weight decay 0.02, Tables S6-S7, constant) while the base branch and T's
   head keep the main optimizer and the trainer's schedule. The bag-of-words T ("Rand.") has no transformer: the flag does not apply to it.
-* **Loss**: "The two branches are trained under a common LACE loss" (Sec. 3.3): :func:`ltcore.rac.rac_loss` on the
-  fused logits, tau = 1 ("setting tau = 1", Sec. 3.2), label smoothing 0.1 (Table S7). In "base" and "retrieval"
+* **Loss**: "The two branches are trained under a common LACE loss" (Sec. 3.3): ``make_loss("lace", ...)`` (the
+  arithmetic of :func:`ltcore.rac.rac_loss`) on the fused logits, tau = 1 ("setting tau = 1", Sec. 3.2), label smoothing 0.1 (Table S7). In "base" and "retrieval"
   modes the fused logits are that branch's own, so *Base* is the plain classifier under LACE with label
   smoothing, the paper's "primary baseline" (Sec. 4.3).
 * **Optimiser**: AdamW, the paper's ("We finetune with AdamW [35] instead of SGD", App. B; weight decay 0.02,
@@ -90,10 +90,12 @@ from ltcore.data.datasets import LTSplits
 from ltcore.encoders import ImageEncoder, TextEncoder, embed_dataset, image_encoder, text_encoder
 from ltcore.experiments import evaluate
 from ltcore.index import VectorIndex
+from ltcore.losses import make_loss
 from ltcore.models import PlainClassifier, create_backbone
 from ltcore.rac import (DROP_RULES, PAPER_K, RAC_MODES, RACModel, RACOutput, RetrievalModule, branch_output,
-                        label_texts, rac_loss)
+                        label_texts)
 from ltcore.results import shot_row
+from ltcore.retrieval_eval import evaluation_view
 from ltcore.train import TrainConfig, fit, predict
 
 DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"
@@ -193,18 +195,6 @@ class RetrievalSetup:
     seconds: float
 
 
-def _unaugmented(dataset: Dataset) -> Dataset:
-    """The dataset without its random transform (E's keys and queries are the plain images)."""
-    return dataset.with_transform(None) if hasattr(dataset, "with_transform") else dataset
-
-
-def _dataset_labels(dataset: Dataset) -> np.ndarray:
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        labels = [dataset[i][1] for i in range(len(dataset))]
-    return np.asarray(labels, dtype=np.int64)
-
-
 def build_retrieval_setup(
     splits: LTSplits,
     encoder: str | ImageEncoder = DEFAULT_IMAGE_ENCODER,
@@ -242,10 +232,11 @@ def build_retrieval_setup(
     for name in embed_splits:
         dataset = getattr(splits, name)
         if dataset is not None:
-            embeddings[name] = embed_dataset(encoder, _unaugmented(dataset), batch_size, cache=cache,
+            # E sees every split as the test split does: without augmentation, with its resize and crop
+            embeddings[name] = embed_dataset(encoder, evaluation_view(dataset, splits.test), batch_size, cache=cache,
                                              cache_dir=cache_dir, progress=progress)
     index = VectorIndex.build(embeddings["train"], index_kind, "cosine", progress=False, threads=1)
-    texts = label_texts(_dataset_labels(splits.train), splits.class_names)
+    texts = label_texts(np.asarray(splits.train.labels, dtype=np.int64), splits.class_names)
     return RetrievalSetup(encoder, index, texts, embeddings, time.perf_counter() - started)
 
 
@@ -506,9 +497,7 @@ def make_rac_classifier(
         retrieval = retrieval_module(setup, text, settings.k, settings.drop_self)
         if settings.precompute:
             tables = neighbour_tables(retrieval, setup.embeddings)
-        can_cache = settings.precompute and not text.train_transformer
-        if settings.cache_text and not can_cache:
-            raise ValueError(f"cache_text=True is impossible here: T {settings.text_encoder!r} trains its transformer")
+        can_cache = settings.precompute and not text.train_transformer   # RACSettings rejects cache_text otherwise
         if can_cache and settings.cache_text is not False:
             cached = text_tables(retrieval, tables)
         if settings.centre_text:
@@ -525,16 +514,6 @@ def make_rac_classifier(
                                transformer_weight_decay=settings.transformer_weight_decay)
     classifier.retrieval_seconds = time.perf_counter() - started
     return classifier
-
-
-def rac_training_loss(class_counts, tau: float = 1.0, label_smoothing: float = 0.1):
-    """``loss(logits, targets, epoch=None)``: :func:`ltcore.rac.rac_loss` (LACE + label smoothing) for ``fit``."""
-    counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64))
-
-    def loss(logits: Tensor, targets: Tensor, epoch: Optional[int] = None) -> Tensor:
-        return rac_loss(logits, targets, counts, tau=tau, label_smoothing=label_smoothing)
-
-    return loss
 
 
 # ============================================================================================ train + score
@@ -562,7 +541,7 @@ def train_rac(
     precomputation (the set-up's embedding and indexing time is ``setup.seconds``).
     """
     classifier = make_rac_classifier(splits, settings, setup=setup, mode=mode, backbone=backbone, seed=config.seed)
-    loss_fn = rac_training_loss(splits.class_counts, settings.tau, settings.label_smoothing)
+    loss_fn = make_loss("lace", splits.class_counts, tau=settings.tau, label_smoothing=settings.label_smoothing)
     tables = classifier.neighbour_tables
     val_set = splits.val if splits.val is not None and (not tables or "val" in tables) else None
     if "test" not in tables and tables:
