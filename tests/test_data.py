@@ -42,6 +42,16 @@ def test_subsampler_is_seeded_and_exact():
         longtail_indices(labels, np.array([1, 1, 1, 51]))
 
 
+def test_negative_counts_are_errors_not_almost_every_image():
+    labels = np.repeat(np.arange(3), 10)
+    with pytest.raises(ValueError, match="class 1 is asked for -1 images"):
+        longtail_indices(labels, np.array([2, -1, 2]))
+    with pytest.raises(ValueError, match="val_per_class must be >= 0"):
+        build_dataset("fashion_mnist_lt", val_per_class=-1)
+    with pytest.raises(ValueError, match="counts must be >= 0"):
+        build_dataset("fashion_mnist_lt", test_per_class=-1)
+
+
 def test_fashion_mnist_lt_default_has_all_shot_groups():
     splits = build_dataset("fashion_mnist_lt", test_per_class=50)
     assert splits.class_counts.tolist() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]

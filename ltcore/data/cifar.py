@@ -36,7 +36,7 @@ import numpy as np
 
 from ltcore.data.datasets import ArrayDataset, LTSplits, RandomCropFlip
 from ltcore.data.files import resolve_root
-from ltcore.data.longtail import longtail_counts, longtail_indices
+from ltcore.data.longtail import longtail_counts, longtail_indices, validation_indices
 
 ENV_VAR = "LTCORE_CIFAR_ROOT"
 N_MAX = {10: 5000, 100: 500}
@@ -102,21 +102,6 @@ def load_cifar(num_classes: int = 10, root: Optional[str | os.PathLike] = None, 
     return arrays
 
 
-def validation_indices(labels: np.ndarray, train_idx: np.ndarray, val_per_class: int, num_classes: int,
-                       n_max: int, seed: int) -> np.ndarray:
-    """A balanced validation split from the training images the long tail did not use."""
-    unused = np.setdiff1d(np.arange(len(labels)), train_idx)
-    spare = np.bincount(labels[unused], minlength=num_classes)
-    short = np.flatnonzero(spare < val_per_class)
-    if short.size:
-        c = int(short[0])
-        raise ValueError(
-            f"val_per_class={val_per_class} needs that many unused training images per class, but class {c} has "
-            f"{spare[c]} left after the long tail (n_max={n_max}); lower n_max or set val_per_class=0"
-        )
-    return unused[longtail_indices(labels[unused], np.full(num_classes, val_per_class), seed + 1)]
-
-
 def make_cifar_lt(num_classes: int = 10, imbalance_ratio: float = 100.0, profile: str = "exp",
                   root: Optional[str | os.PathLike] = None, seed: int = 0, val_per_class: int = 0,
                   download: bool = False, augment: bool = True, n_max: Optional[int] = None,
@@ -126,8 +111,6 @@ def make_cifar_lt(num_classes: int = 10, imbalance_ratio: float = 100.0, profile
     Items are ``(image [3, 32, 32] float in [0, 1], label, index)``; ``train.source_indices`` are the
     images' positions in the full CIFAR train split. ``n_max`` defaults to 5000 / 500 (LDAM-DRW).
     """
-    if val_per_class < 0:
-        raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
     arrays = load_cifar(num_classes, root, download, verify_checksums)
     n_max = N_MAX[num_classes] if n_max is None else int(n_max)
     labels = arrays["train_labels"]

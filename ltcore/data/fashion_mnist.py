@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from ltcore.data.datasets import ArrayDataset, LTSplits, RandomCropFlip
-from ltcore.data.longtail import longtail_counts, longtail_indices
+from ltcore.data.longtail import longtail_counts, longtail_indices, validation_indices
 from ltcore.paths import data_dir
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -142,8 +142,7 @@ def make_fashion_mnist_lt(imbalance_ratio: float = 100.0, n_max: int = 1000, pro
     train_labels = arrays["train_labels"].astype(np.int64)
     counts = longtail_counts(n_max, len(CLASS_NAMES), imbalance_ratio, profile)
     train_idx = longtail_indices(train_labels, counts, seed)
-    unused = np.setdiff1d(np.arange(len(train_labels)), train_idx)
-    val_idx = unused[longtail_indices(train_labels[unused], np.full(len(CLASS_NAMES), val_per_class), seed + 1)]
+    val_idx = validation_indices(train_labels, train_idx, val_per_class, len(CLASS_NAMES), n_max, seed)
     transform = RandomCropFlip() if augment else None
     images = arrays["train_images"]
     test_labels = arrays["test_labels"].astype(np.int64)

@@ -25,7 +25,7 @@ Choices written down here:
 - Images are decoded with PIL, converted to RGB, and turned into a float tensor ``[3, H, W]`` in
   ``[0, 1]`` *before* the transform, so every dataset of ltcore hands its transform the same kind
   of input (ArrayDataset does the same). No mean/std normalisation by default: pretrained encoders
-  bring their own; pass ``normalize=(mean, std)`` (e.g. :data:`IMAGENET_MEAN_STD`) to add it.
+  bring their own; pass ``normalize=(mean, std)`` (e.g. ``ltcore.models.IMAGENET_MEAN_STD``) to add it.
 - A truncated image is an error: PIL raises on ``load()`` as long as
   ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is False, and we refuse to load while some other code has
   set it to True, because PIL would then silently pad the missing part with grey.
@@ -44,8 +44,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-OPEN_SET_LABEL = -1
+from ltcore.metrics import OPEN_LABEL
 
 
 @dataclass(frozen=True)
@@ -97,9 +96,9 @@ def parse_split_file(split_file: str | os.PathLike, num_classes: int, open_split
 
 def check_label(label: int, num_classes: int, open_split: bool, where: str) -> None:
     """Raise a ValueError naming ``where`` unless ``label`` is in ``[0, num_classes)`` (or -1 in an open split)."""
-    if 0 <= label < num_classes or (open_split and label == OPEN_SET_LABEL):
+    if 0 <= label < num_classes or (open_split and label == OPEN_LABEL):
         return
-    if label == OPEN_SET_LABEL:
+    if label == OPEN_LABEL:
         raise ValueError(f"{where}: open-set label -1 is only allowed in an open split")
     allowed = f"[0, {num_classes})" + (" or -1" if open_split else "")
     raise ValueError(f"{where}: label {label} outside {allowed}")

@@ -53,6 +53,9 @@ def longtail_indices(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -> n
     """
     labels = np.asarray(labels)
     counts = np.asarray(counts)
+    if (counts < 0).any():
+        c = int(np.argmin(counts))
+        raise ValueError(f"class {c} is asked for {counts[c]} images; counts must be >= 0")
     rng = np.random.default_rng(seed)
     chosen = []
     for c, n in enumerate(counts):
@@ -61,6 +64,26 @@ def longtail_indices(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -> n
             raise ValueError(f"class {c} has {len(pool)} images but the long-tailed profile asks for {n}")
         chosen.append(rng.permutation(pool)[:n])
     return np.sort(np.concatenate(chosen))
+
+
+def validation_indices(labels: np.ndarray, train_idx: np.ndarray, val_per_class: int, num_classes: int,
+                       n_max: int, seed: int) -> np.ndarray:
+    """A balanced validation split (``val_per_class`` per class) from the training images the long tail did not use.
+
+    Drawn with ``seed + 1``; raises, naming the class, if one has too few unused images.
+    """
+    if val_per_class < 0:
+        raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
+    unused = np.setdiff1d(np.arange(len(labels)), train_idx)
+    spare = np.bincount(labels[unused], minlength=num_classes)
+    short = np.flatnonzero(spare < val_per_class)
+    if short.size:
+        c = int(short[0])
+        raise ValueError(
+            f"val_per_class={val_per_class} needs that many unused training images per class, but class {c} has "
+            f"{spare[c]} left after the long tail (n_max={n_max}); lower n_max or set val_per_class=0"
+        )
+    return unused[longtail_indices(labels[unused], np.full(num_classes, val_per_class), seed + 1)]
 
 
 def imbalance_summary(counts: np.ndarray) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ltcore.data.datasets import ArrayDataset
+from ltcore.metrics import OPEN_LABEL
 
 
 def digits_open_set(n: int | None = 1000, size: int = 28, seed: int = 0) -> ArrayDataset:
@@ -33,4 +34,4 @@ def digits_open_set(n: int | None = 1000, size: int = 28, seed: int = 0) -> Arra
     resized = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(size, size),
                                               mode="bilinear", align_corners=False)[:, 0]  # (N, 8, 8) -> (N, size, size)
     as_uint8 = (resized / 16.0 * 255.0).clamp(0, 255).round().to(torch.uint8).numpy()
-    return ArrayDataset(as_uint8, np.full(len(as_uint8), -1), class_names=["open"])
+    return ArrayDataset(as_uint8, np.full(len(as_uint8), OPEN_LABEL), class_names=["open"])
