@@ -470,13 +470,14 @@ class RegionSelfAttention(nn.Module):
         """
         self._check_input(feature_map)
         regions = self.regions_for(*feature_map.shape[-2:])  # (R, 4)
+        need_keys = return_regions or not self.uniform_weights  # the uniform control needs them only when asked
+        keys = self.to_key(feature_map) if need_keys else None  # (B, C, H, W) -> (B, key_dim, H, W)
         values = self.to_value(feature_map)  # (B, C, H, W) -> (B, value_dim, H, W)
-        region_values = region_sums(values, regions)  # (B, R, value_dim), eq. 12
-        region_keys = None  # the uniform control needs them only when asked for
-        if return_regions or not self.uniform_weights:
-            keys = self.to_key(feature_map)  # (B, C, H, W) -> (B, key_dim, H, W)
+        region_keys = None
+        if need_keys:
             stats = region_statistics(keys, regions, eps=self.eps)  # mean, std: (B, R, key_dim), eq. 6-7
             region_keys = self.encode_region_keys(stats.mean, stats.std, regions)  # (B, R, attention_dim), eq. 11
+        region_values = region_sums(values, regions)  # (B, R, value_dim), eq. 12
         if self.uniform_weights:  # the control: 1/R for every region
             weights = region_values.new_full(region_values.shape[:2], 1.0 / len(regions))  # (B, R)
         else:
