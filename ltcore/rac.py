@@ -186,9 +186,14 @@ class RetrievalModule(nn.Module):
         query_embeddings: Tensor | None = None,
         neighbour_ids: Tensor | None = None,
         query_ids: Tensor | None = None,
+        text_embeddings: Tensor | None = None,
     ) -> Tensor:
-        """Retrieval logits f_ret [B, L] from the first given of: neighbour_ids [B, k] (precomputed),
-        query_embeddings [B, D] (precomputed E output), images [B, C, H, W] in [0, 1] (E applied here)."""
+        """Retrieval logits f_ret [B, L] from the first given of: text_embeddings [B, D_T] (a frozen T's
+        pooled output, cached: only T's head runs), neighbour_ids [B, k] (precomputed), query_embeddings
+        [B, D] (precomputed E output), images [B, C, H, W] in [0, 1] (E applied here)."""
+        if text_embeddings is not None:
+            head = self.text_encoder.head
+            return head(text_embeddings.to(head.weight))  # (B, D_T) -> (B, L)
         if neighbour_ids is None:
             if query_embeddings is None:
                 if images is None:
@@ -204,15 +209,6 @@ class RACOutput(NamedTuple):
     fused: Tensor
     base: Tensor | None
     retrieval: Tensor | None
-
-
-def branch_output(mode: str, base_logits: Tensor | None, retrieval_logits: Tensor | None) -> RACOutput:
-    """RACOutput of ``mode`` from the branch logits [B, L]: eq. 5 in "rac" mode, the branch's own logits otherwise."""
-    if mode == "base":
-        return RACOutput(base_logits, base_logits, None)
-    if mode == "retrieval":
-        return RACOutput(retrieval_logits, None, retrieval_logits)
-    return RACOutput(fuse_logits(retrieval_logits, base_logits), base_logits, retrieval_logits)
 
 
 class RACModel(nn.Module):
@@ -255,10 +251,12 @@ class RACModel(nn.Module):
         query_embeddings: Tensor | None = None,
         neighbour_ids: Tensor | None = None,
         query_ids: Tensor | None = None,
+        text_embeddings: Tensor | None = None,
     ) -> RACOutput:
         """images [B, C, H, W] (the base branch's input; E's too unless retrieval is precomputed) -> RACOutput.
 
-        ``images`` may be None only in "retrieval" mode with precomputed ``query_embeddings``/``neighbour_ids``.
+        ``images`` may be None only in "retrieval" mode with precomputed ``query_embeddings``/``neighbour_ids``/
+        ``text_embeddings`` (see :meth:`RetrievalModule.forward`).
         """
         base_logits = retrieval_logits = None
         if self.mode in ("rac", "base"):
@@ -267,12 +265,15 @@ class RACModel(nn.Module):
             base_logits = self._checked(self.base(images), "base")
         if self.mode in ("rac", "retrieval"):
             retrieval_logits = self._checked(
-                self.retrieval(
-                    images, query_embeddings=query_embeddings, neighbour_ids=neighbour_ids, query_ids=query_ids
-                ),
+                self.retrieval(images, query_embeddings=query_embeddings, neighbour_ids=neighbour_ids,
+                               query_ids=query_ids, text_embeddings=text_embeddings),
                 "retrieval",
             )
-        return branch_output(self.mode, base_logits, retrieval_logits)
+        if self.mode == "base":
+            return RACOutput(base_logits, base_logits, None)
+        if self.mode == "retrieval":
+            return RACOutput(retrieval_logits, None, retrieval_logits)
+        return RACOutput(fuse_logits(retrieval_logits, base_logits), base_logits, retrieval_logits)  # eq. 5
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs that train: the base branch and T's head (plus T's transformer if enabled)."""

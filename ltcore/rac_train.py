@@ -83,7 +83,6 @@ from typing import Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from ltcore.config import seed_everything
 from ltcore.data.datasets import LTSplits
@@ -92,7 +91,7 @@ from ltcore.experiments import evaluate
 from ltcore.index import VectorIndex
 from ltcore.losses import make_loss
 from ltcore.models import PlainClassifier, create_backbone
-from ltcore.rac import (DROP_RULES, PAPER_K, RAC_MODES, RACModel, RACOutput, RetrievalModule, branch_output,
+from ltcore.rac import (DROP_RULES, PAPER_K, RAC_MODES, RACModel, RACOutput, RetrievalModule,
                         label_texts)
 from ltcore.results import shot_row
 from ltcore.retrieval_eval import evaluation_view
@@ -412,15 +411,10 @@ class RACClassifier(nn.Module):
 
     def forward(self, images: Tensor, indices: Optional[Tensor] = None) -> RACOutput:
         """images [B, C, H, W] (base branch; E's too for on-line retrieval), indices [B] -> RACOutput ([B, L] each)."""
-        mode = self.mode
-        if mode == "base":
+        if self.mode == "base":
             return self.model(images)
-        if self.text_tables:
-            head = self.model.retrieval.text_encoder.head
-            pooled = self._lookup(self.text_tables, indices).to(head.weight)  # (B, D)
-            retrieval_logits = head(pooled)  # (B, D) -> (B, L)
-            base_logits = self.model.base(images) if mode == "rac" else None
-            return branch_output(mode, base_logits, retrieval_logits)
+        if self.text_tables:  # a frozen T's cached output: only T's head runs
+            return self.model(images, text_embeddings=self._lookup(self.text_tables, indices))  # (B, D_T)
         neighbour_ids = self._lookup(self.neighbour_tables, indices) if self.neighbour_tables else None
         return self.model(images, neighbour_ids=neighbour_ids)
 
