@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -306,3 +307,14 @@ class VectorIndex:
             )
         index._index = raw
         return index
+
+
+def timed_search(index: VectorIndex, queries: np.ndarray, k: int, batch: int, repeats: int, **options):
+    """(queries per second, ids [Q, k]) over batches of ``batch`` queries, best of ``repeats`` runs."""
+    index.search(queries[:batch], k, **options)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ids = [index.search(queries[i : i + batch], k, **options)[1] for i in range(0, len(queries), batch)]
+        best = min(best, time.perf_counter() - start)
+    return len(queries) / best, np.concatenate(ids)

@@ -41,10 +41,9 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ltcore.benchmarks.index import timed_search
 from ltcore.data.datasets import LTSplits
 from ltcore.encoders import ImageEncoder, embed_dataset
-from ltcore.index import HNSW_M, VectorIndex
+from ltcore.index import HNSW_M, VectorIndex, timed_search
 from ltcore.metrics import ShotAccuracy, shot_accuracy
 from ltcore.results import shot_row
 

@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-from ltcore.index import HNSW_EF_CONSTRUCTION, HNSW_M, VectorIndex
+from ltcore.index import HNSW_EF_CONSTRUCTION, HNSW_M, VectorIndex, timed_search
+from ltcore.retrieval_eval import recall_at_k
 
 TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 10.0
@@ -54,19 +55,7 @@ def make_data(kind: str, n: int, queries: int, dim: int, seed: int) -> tuple[np.
     return sample(n), sample(queries)
 
 
-def timed_search(index: VectorIndex, queries: np.ndarray, k: int, batch: int, repeats: int, **options):
-    """(queries per second, ids [Q, k]) over batches of ``batch`` queries, best of ``repeats`` runs."""
-    index.search(queries[:batch], k, **options)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ids = [index.search(queries[i : i + batch], k, **options)[1] for i in range(0, len(queries), batch)]
-        best = min(best, time.perf_counter() - start)
-    return len(queries) / best, np.concatenate(ids)
-
-
 def main(argv: list[str] | None = None) -> dict:
-    from ltcore.retrieval_eval import recall_at_k  # imported here: retrieval_eval imports this module
     parser = argparse.ArgumentParser(prog="python -m ltcore bench index", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20k vectors, 1024 queries (smoke run)")
     parser.add_argument("--n", type=int, default=None, help="index size (default 100000; quick 20000)")
