@@ -44,13 +44,18 @@ def make_data(kind: str, n: int, queries: int, dim: int, seed: int) -> tuple[np.
     if kind not in ("embedding", "isotropic"):
         raise ValueError(f"unknown data kind {kind!r}: embedding or isotropic")
     rng = np.random.default_rng(seed)
-    latent_dim, spread, noise = (16, 0.35, 0.05) if kind == "embedding" else (dim, 0.5, 0.0)
-    centres = rng.standard_normal((100, latent_dim))
-    projection = rng.standard_normal((latent_dim, dim)) / np.sqrt(latent_dim) if kind == "embedding" else np.eye(dim)
+    if kind == "embedding":
+        centres = rng.standard_normal((100, 16))
+        projection = rng.standard_normal((16, dim)) / 4.0                  # / sqrt(16)
 
-    def sample(m: int) -> np.ndarray:
-        latent = centres[rng.integers(100, size=m)] + spread * rng.standard_normal((m, latent_dim))
-        return (latent @ projection + noise * rng.standard_normal((m, dim))).astype(np.float32)  # (m, 16) @ (16, dim)
+        def sample(m: int) -> np.ndarray:
+            latent = centres[rng.integers(100, size=m)] + 0.35 * rng.standard_normal((m, 16))
+            return (latent @ projection + 0.05 * rng.standard_normal((m, dim))).astype(np.float32)  # (m, 16) @ (16, dim)
+    else:
+        centres = rng.standard_normal((100, dim))
+
+        def sample(m: int) -> np.ndarray:
+            return (centres[rng.integers(100, size=m)] + 0.5 * rng.standard_normal((m, dim))).astype(np.float32)
 
     return sample(n), sample(queries)
 
