@@ -113,6 +113,20 @@ def test_image_list_items_are_tensor_label_index(tmp_path):
     assert resized[0][0].shape == (3, 8, 8) and len(resized) == 2
 
 
+def test_image_list_fingerprint_follows_files_labels_and_transform_without_decoding(tmp_path, monkeypatch):
+    write_image(tmp_path / "a.png", 1)
+    write_image(tmp_path / "b.png", 2)
+    entries = [ImageEntry("a.png", 1, "x"), ImageEntry("b.png", 2, "y")]
+    dataset = ImageListDataset(tmp_path, entries)
+    first = dataset.fingerprint()
+    monkeypatch.setattr(ImageListDataset, "image_tensor", lambda self, i: pytest.fail("decoded an image"))
+    assert ImageListDataset(tmp_path, entries).fingerprint() == first
+    assert ImageListDataset(tmp_path, [entries[0], ImageEntry("b.png", 0, "y")]).fingerprint() != first
+    assert dataset.with_transform(default_transform(False, **TINY)).fingerprint() != first
+    write_image(tmp_path / "b.png", 3, size=(15, 11))                   # the file changes
+    assert dataset.fingerprint() != first
+
+
 def test_default_transforms_sizes_and_normalize():
     image = torch.rand(3, 20, 30)
     for train in (True, False):

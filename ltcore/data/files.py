@@ -34,6 +34,7 @@ Taught in notebook 01, *Real long-tailed benchmarks*.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,15 @@ class ImageListDataset(Dataset):
     def with_transform(self, transform: Optional[Callable]) -> "ImageListDataset":
         """The same listing with another transform."""
         return ImageListDataset(self.root, self.entries, transform, self.class_names)
+
+    def fingerprint(self) -> str:
+        """A short hash of the listing (root, paths, labels, each file's size and modification time) and of the
+        transform's repr: keys caches of embeddings without decoding every image (one ``stat`` per file)."""
+        digest = hashlib.sha256(f"{self.root.resolve()}|{self.transform!r}".encode())
+        for entry in self.entries:
+            stat = (self.root / entry.path).stat()
+            digest.update(f"{entry.path}|{entry.label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
 
 
 def build_image_list(root: str | os.PathLike, entries: Sequence[ImageEntry], listing: str,
