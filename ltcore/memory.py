@@ -51,6 +51,8 @@ temporaries under 64 MB (except the keys of a single bank, which :meth:`read` ga
   select: they are packed together unpadded, whatever their sizes, and read with one matrix
   product (``[S, D] @ [D, B]``) and two ``index_add_`` sums for eq. 1. This matters for small
   inference batches, where a group's dozen tensor operations cost more than its arithmetic.
+  (On a GPU ``index_add_`` adds in a varying order, so these scores can differ between runs
+  by float rounding unless ``torch.use_deterministic_algorithms(True)`` is set.)
   Its float32 rounding is ~1e-7 (||q||^2 + ||k||^2), so it agrees with :meth:`read` to
   ~1e-6 on unit-scale features (up to exact or near ties at the n-th neighbour).
 

@@ -2,7 +2,9 @@
 
 Run with ``python -m ltcore bench memory`` (``--quick`` for the small sizes used by tests and
 notebook 02). Everything is measured in one process, methods interleaved round by round and
-the best round kept, so that the load of a shared machine hits every method alike:
+the best round kept, so that the load of a shared machine hits every method alike. Before each
+timed read, 128 MB are written to push every method's data out of the CPU caches, as a
+backbone's forward pass would in inference; no method finds data warmed by the one before it:
 
 1. ``read_all`` (every bank for every query, batched) against a straightforward per-class
    Python loop on the same banks, which computes each bank's eq. 1-2 with the same distance
@@ -21,8 +23,8 @@ the best round kept, so that the load of a shared machine hits every method alik
    growth is included) against banks full at 50k slots (every new key evicts the oldest
    slot); the same batches go to both, interleaved, best of the rounds.
 
-Reads start warm: the loop's per-class tensors, the faiss indexes and read_all's packed copy
-of the banks are built before timing (in training the keys move every step, so a faiss
+Everything a read needs is built before timing: the loop's per-class tensors, the faiss indexes
+and read_all's packed copy of the banks (in training the keys move every step, so a faiss
 memory would also pay rebuilds); read_all's first, packing call is reported as "cold".
 
 Default sizes, top_n 50 throughout: 256 queries on 100 classes with banks of 800-1200 slots
