@@ -102,6 +102,10 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
     With ``checkpoint_path`` the state is written (atomically) after every epoch; with ``resume``
     training continues from that file when it exists.
     """
+    for name, dataset in (("train_set", train_set), ("val_set", val_set)):
+        if dataset is not None and len(dataset) == 0:
+            raise ValueError(f"{name} is empty" + (" (pass val_set=None to train without validation)"
+                                                   if name == "val_set" else ""))
     device = get_device(config.device)
     generator = seed_everything(config.seed)
     model.to(device)
@@ -157,6 +161,8 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
 def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512, device: Optional[torch.device] = None,
             progress: bool = True) -> dict:
     """Every output branch of ``model`` on ``dataset`` as numpy arrays, plus ``labels`` and ``indices``."""
+    if len(dataset) == 0:
+        raise ValueError("predict: the dataset is empty")
     device = device or next(model.parameters()).device
     model.eval()
     outputs: dict[str, list] = {}

@@ -52,6 +52,11 @@ def test_negative_counts_are_errors_not_almost_every_image():
         build_dataset("fashion_mnist_lt", test_per_class=-1)
 
 
+def test_no_validation_split_is_none_not_an_empty_split():
+    splits = build_dataset("fashion_mnist_lt", val_per_class=0, test_per_class=10)
+    assert splits.val is None and splits.summary()["val"] == 0
+
+
 def test_fashion_mnist_lt_default_has_all_shot_groups():
     splits = build_dataset("fashion_mnist_lt", test_per_class=50)
     assert splits.class_counts.tolist() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]

@@ -412,6 +412,9 @@ def test_cifar10_lt_step_profile_and_validation(cifar10_root):
     assert np.array_equal(source_labels[step.val.source_indices], step.val.labels)
     with pytest.raises(ValueError, match="class 0 has 10 left after the long tail"):
         make_cifar_lt(10, 100, root=root, verify_checksums=False, val_per_class=20)
+    with pytest.raises(ValueError, match="val_per_class must be >= 0"):     # not silently "no validation"
+        make_cifar_lt(10, 100, root=root, verify_checksums=False, val_per_class=-1)
+    assert make_cifar_lt(10, 100, root=root, verify_checksums=False).val is None
 
 
 def test_cifar_missing_or_unverified_files(tmp_path, cifar10_root):

@@ -88,6 +88,16 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt", tiny_model())
 
 
+def test_empty_datasets_are_clear_errors():
+    data, empty = toy_dataset(), ArrayDataset(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="val_set is empty .pass val_set=None"):
+        fit(tiny_model(), data, make_loss("ce", [24, 24]), CONFIG, val_set=empty)
+    with pytest.raises(ValueError, match="train_set is empty"):
+        fit(tiny_model(), empty, make_loss("ce", [24, 24]), CONFIG)
+    with pytest.raises(ValueError, match="predict: the dataset is empty"):
+        predict(tiny_model(), empty, progress=False)
+
+
 def test_diverging_loss_is_reported():
     data = toy_dataset()
     with pytest.raises(FloatingPointError, match="lower the lr"):

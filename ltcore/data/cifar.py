@@ -117,10 +117,8 @@ def make_cifar_lt(num_classes: int = 10, imbalance_ratio: float = 100.0, profile
     counts = longtail_counts(n_max, num_classes, imbalance_ratio, profile)
     train_idx = longtail_indices(labels, counts, seed)
     images, names = arrays["train_images"], arrays["class_names"]
-    val = None
-    if val_per_class > 0:
-        val_idx = validation_indices(labels, train_idx, val_per_class, num_classes, n_max, seed)
-        val = ArrayDataset(images[val_idx], labels[val_idx], None, val_idx, names)
+    val_idx = validation_indices(labels, train_idx, val_per_class, num_classes, n_max, seed)  # rejects < 0
+    val = ArrayDataset(images[val_idx], labels[val_idx], None, val_idx, names) if val_per_class else None
     return LTSplits(
         name=f"cifar{num_classes}_lt_{profile}{imbalance_ratio:g}",
         train=ArrayDataset(images[train_idx], labels[train_idx], RandomCropFlip(padding=4) if augment else None,

@@ -134,7 +134,8 @@ def make_fashion_mnist_lt(imbalance_ratio: float = 100.0, n_max: int = 1000, pro
     """Fashion-MNIST-LT: long-tailed train split, balanced val (unused train images) and the official test split.
 
     With the defaults the train split has 2,478 images in 10 classes (many: 5, medium: 3, few: 2 classes
-    under the classifier-balancing convention) and ``val_per_class`` * 10 validation images.
+    under the classifier-balancing convention) and ``val_per_class`` * 10 validation images
+    (``val_per_class=0``: no validation split, ``val`` is None, as for CIFAR-LT).
     ``test_per_class`` keeps a seeded balanced subset of the official test split (None: all 1,000 per class);
     the quick CPU profiles use it to keep evaluation short.
     """
@@ -142,7 +143,7 @@ def make_fashion_mnist_lt(imbalance_ratio: float = 100.0, n_max: int = 1000, pro
     train_labels = arrays["train_labels"].astype(np.int64)
     counts = longtail_counts(n_max, len(CLASS_NAMES), imbalance_ratio, profile)
     train_idx = longtail_indices(train_labels, counts, seed)
-    val_idx = validation_indices(train_labels, train_idx, val_per_class, len(CLASS_NAMES), n_max, seed)
+    val_idx = validation_indices(train_labels, train_idx, val_per_class, len(CLASS_NAMES), n_max, seed)  # rejects < 0
     transform = RandomCropFlip() if augment else None
     images = arrays["train_images"]
     test_labels = arrays["test_labels"].astype(np.int64)
@@ -151,7 +152,7 @@ def make_fashion_mnist_lt(imbalance_ratio: float = 100.0, n_max: int = 1000, pro
     return LTSplits(
         name=f"fashion_mnist_lt_{profile}{imbalance_ratio:g}",
         train=ArrayDataset(images[train_idx], train_labels[train_idx], transform, train_idx, CLASS_NAMES),
-        val=ArrayDataset(images[val_idx], train_labels[val_idx], None, val_idx, CLASS_NAMES),
+        val=ArrayDataset(images[val_idx], train_labels[val_idx], None, val_idx, CLASS_NAMES) if val_per_class else None,
         test=ArrayDataset(arrays["test_images"][test_idx], test_labels[test_idx], None, test_idx, CLASS_NAMES),
         class_counts=counts,
         class_names=list(CLASS_NAMES),
