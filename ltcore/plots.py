@@ -1,6 +1,8 @@
-"""Plots shared by the notebooks: class-count distributions, shot-group bars, per-class accuracy curves.
+"""Plots shared by the notebooks: class-count distributions, shot-group bars, per-class accuracy curves,
+and the memory benchmark's speed-ups against their ceiling.
 
-Taught in notebooks 01 (distributions, baselines), 05 (per-branch accuracy) and 06 (IEM results).
+Taught in notebooks 01 (distributions, baselines), 02 (memory speed), 05 (per-branch accuracy) and
+06 (IEM results).
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 SHOT_COLUMNS = ("many", "medium", "few", "overall")
 
@@ -81,5 +84,35 @@ def plot_per_class_accuracy(per_class: Mapping[str, np.ndarray], class_counts: n
     ax.set(xlabel="classes, most frequent first (train count)", ylabel="top-1 accuracy (%)", title=title,
            ylim=(-2, 102))
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_speedup_ceiling(reads: Sequence[dict], target: float):
+    """Speed-up of ``read_all`` over the per-class loop beside its ceiling, per benchmark set-up (log scale).
+
+    ``reads`` are the ``read_all`` rows of :func:`ltcore.benchmarks.memory.main`; the ceiling is the
+    loop's time over that of the bare query-key product, the most any exact brute-force read could gain.
+    The dashed line is the ``target`` speed-up.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    positions = np.arange(len(reads))
+    labels = [f"{r['classes']} banks, {r['slots'] // r['classes']} slots\nD {r['dim']}, {r['queries']} queries"
+              for r in reads]
+    speedups, ceilings = [r["speedup_vs_loop"] for r in reads], [r["ceiling_vs_loop"] for r in reads]
+    for offset, values, style in ((-0.2, speedups, dict(label="read_all: loop time / read_all time")),
+                                  (0.2, ceilings, dict(color="lightgray", edgecolor="gray",
+                                                       label="ceiling: loop time / product time"))):
+        bars = ax.bar(positions + offset, values, 0.4, **style)
+        ax.bar_label(bars, [f"{v:.1f}x" for v in values], fontsize=8)
+    ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:g}x")
+    ax.set_yscale("log")
+    ax.set_ylim(1, 3 * max(ceilings + [target]))                  # 1x: as fast as the loop
+    ax.yaxis.set_major_locator(FixedLocator([1, 3, 10, 30, 100, 300, 1000]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(positions, labels, fontsize=8)
+    ax.set(ylabel="times faster than the loop", title="Batched read_all against a per-class loop")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
