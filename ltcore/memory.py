@@ -122,7 +122,7 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -254,9 +254,10 @@ class EpisodicMemory(nn.Module):
         """Number of slots in the bank of class ``c``."""
         return len(self._age_order[self._check_class(c)])
 
-    def bank_sizes(self) -> np.ndarray:
-        """[C] number of slots per bank."""
-        return np.fromiter((len(order) for order in self._age_order), dtype=np.int64, count=self.num_classes)
+    def bank_sizes(self, classes: Sequence[int] | None = None) -> np.ndarray:
+        """Number of slots per bank: [C], or [len(classes)] for the given classes."""
+        orders = self._age_order if classes is None else [self._age_order[c] for c in classes]
+        return np.fromiter((len(order) for order in orders), dtype=np.int64, count=len(orders))
 
     def bank(self, c: int) -> tuple[Tensor, Tensor, Tensor]:
         """Slots [L], keys [L, D] and values [L] of bank ``c`` in append order (copies)."""
@@ -394,7 +395,7 @@ class EpisodicMemory(nn.Module):
         classes_np = classes.cpu().numpy()
         order = np.argsort(classes_np, kind="stable")                  # queries sorted by bank
         banks, first, counts = np.unique(classes_np[order], return_index=True, return_counts=True)  # [U] x3
-        sizes = np.array([len(self._age_order[c]) for c in banks.tolist()], dtype=np.int64)  # [U], not all C
+        sizes = self.bank_sizes(banks.tolist())                         # [U], not all C
         if len(queries) == 0 or sizes.max() == 0:
             return slots
         rank = np.arange(len(order)) - np.repeat(first, counts)        # rank of a query within its bank
