@@ -102,10 +102,10 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
     With ``checkpoint_path`` the state is written (atomically) after every epoch; with ``resume``
     training continues from that file when it exists.
     """
-    for name, dataset in (("train_set", train_set), ("val_set", val_set)):
-        if dataset is not None and len(dataset) == 0:
-            raise ValueError(f"{name} is empty" + (" (pass val_set=None to train without validation)"
-                                                   if name == "val_set" else ""))
+    if len(train_set) == 0:
+        raise ValueError("train_set is empty")
+    if val_set is not None and len(val_set) == 0:
+        raise ValueError("val_set is empty (pass val_set=None to train without validation)")
     device = get_device(config.device)
     generator = seed_everything(config.seed)
     model.to(device)
