@@ -167,6 +167,10 @@ class RACSettings:
             raise ValueError("cache_text=True needs a frozen T (train_transformer=False): a trained T's embeddings "
                              "change at every step")
 
+    def loss(self, class_counts: Sequence[int]):
+        """The common LACE loss of both branches (Sec. 3.3) with this tau and label smoothing, for ``fit``."""
+        return make_loss("lace", class_counts, tau=self.tau, label_smoothing=self.label_smoothing)
+
     def train_config(self, config: TrainConfig) -> TrainConfig:
         """``config`` with this optimizer's lr and weight decay (the schedule, epochs and batch size are kept)."""
         if self.optimizer == "sgd":
@@ -535,7 +539,7 @@ def train_rac(
     precomputation (the set-up's embedding and indexing time is ``setup.seconds``).
     """
     classifier = make_rac_classifier(splits, settings, setup=setup, mode=mode, backbone=backbone, seed=config.seed)
-    loss_fn = make_loss("lace", splits.class_counts, tau=settings.tau, label_smoothing=settings.label_smoothing)
+    loss_fn = settings.loss(splits.class_counts)
     tables = classifier.neighbour_tables
     val_set = splits.val if splits.val is not None and (not tables or "val" in tables) else None
     if "test" not in tables and tables:

@@ -38,7 +38,6 @@ from torch.utils.data import DataLoader
 from ltcore.config import seed_everything
 from ltcore.data import build_dataset
 from ltcore.paper_tables import RAC_TABLE5
-from ltcore.losses import make_loss
 from ltcore.rac_train import RACClassifier, RACSettings, build_retrieval_setup, make_rac_classifier
 from ltcore.train import TrainConfig
 
@@ -114,8 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     splits = build_dataset("fashion_mnist_lt", n_max=250 if args.quick else 1000, test_per_class=10, seed=args.seed)
     setup = build_retrieval_setup(splits, image_size=args.image_size, embed_splits=("train",), progress=False)
-    config = RACSettings().train_config(TrainConfig(batch_size=args.batch, seed=args.seed, progress=False))
-    loss_fn = make_loss("lace", splits.class_counts, tau=1.0, label_smoothing=0.1)
+    settings = RACSettings()
+    config = settings.train_config(TrainConfig(batch_size=args.batch, seed=args.seed, progress=False))
+    loss_fn = settings.loss(splits.class_counts)
     seed_everything(args.seed)
     batches = [batch for batch, _ in zip(DataLoader(splits.train, batch_size=args.batch, shuffle=True, drop_last=True),
                                          range(rounds + 1))]
