@@ -75,7 +75,7 @@ import re
 import socket
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -123,15 +123,20 @@ def _hub_unreachable() -> str | None:
     return None
 
 
-def _hub_cached_file(repo_id: str, filenames: Sequence[str], cache_dir: str | os.PathLike | None) -> Path | None:
-    """The first of ``filenames`` of ``repo_id`` already in the Hub cache, or None."""
+def _cached_when_offline(repo_id: str | None, filenames: Sequence[str], cache_dir: str | os.PathLike | None,
+                         unavailable: Callable[[str], Exception]) -> Path | None:
+    """None when the weights may be downloaded as usual (no Hub repo, or the Hub's name resolves);
+    offline, the first of ``filenames`` of ``repo_id`` already in the Hub cache, else ``unavailable(reason)`` raised."""
     from huggingface_hub import try_to_load_from_cache
 
+    offline = _hub_unreachable() if repo_id else None
+    if offline is None:
+        return None
     for filename in filenames:
         found = try_to_load_from_cache(repo_id.strip("/"), filename, cache_dir=cache_dir)
         if isinstance(found, str):
             return Path(found)
-    return None
+    raise unavailable(f"{offline}, and the weights are not in the Hub cache")
 
 
 # ============================================================================================ preprocessing
@@ -407,11 +412,9 @@ def _create_timm_backbone(
             f"image_encoder('efficientnet_lite0')."
         )
 
-    offline = _hub_unreachable() if getattr(cfg, "hf_hub_id", None) else None
-    if offline is not None:
-        cached = _hub_cached_file(cfg.hf_hub_id, ("model.safetensors", "pytorch_model.bin"), cache_dir)
-        if cached is None:
-            raise unavailable(f"{offline}, and the weights are not in the Hub cache")
+    cached = _cached_when_offline(getattr(cfg, "hf_hub_id", None), ("model.safetensors", "pytorch_model.bin"),
+                                  cache_dir, unavailable)
+    if cached is not None:
         model, _ = _create_timm_backbone(name, architecture, True, cached, image_size, seed, cache_dir)
         return model, f"timm:{cfg.hf_hub_id}"
     try:
@@ -755,12 +758,9 @@ def _create_open_clip(
             f"checkpoint), or use the offline text_encoder('minilm') or text_encoder('bow_random')."
         )
 
-    offline = _hub_unreachable() if source.get("hf_hub") else None
-    if offline is not None:
-        cached = _hub_cached_file(source["hf_hub"], ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
-                                  cache_dir)
-        if cached is None:
-            raise unavailable(f"{offline}, and the weights are not in the Hub cache")
+    cached = _cached_when_offline(source.get("hf_hub"), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+                                  cache_dir, unavailable)
+    if cached is not None:
         return _create_open_clip(model_name, cached, cache_dir, overrides)
     try:
         return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir, **overrides)
