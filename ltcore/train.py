@@ -130,19 +130,7 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
         for images, labels, indices in bar:
             images, labels = images.to(device), labels.to(device)
-            if hasattr(model, "training_step"):
-                loss = model.training_step(images, labels, indices, loss_fn, epoch)
-            else:
-                loss = call_loss(loss_fn, _output_logits(model(images)), labels, epoch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the lr")
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            if hasattr(model, "after_optimizer_step"):
-                model.after_optimizer_step()
+            loss = optimization_step(model, optimizers, images, labels, indices, loss_fn, epoch)
             total += loss.item() * len(labels)
             seen += len(labels)
             bar.set_postfix(loss=f"{total / seen:.3f}")
@@ -155,6 +143,27 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, optimizers, epoch, history, config)
     return history
+
+
+def optimization_step(model: nn.Module, optimizers: list, images: torch.Tensor, labels: torch.Tensor,
+                      indices: torch.Tensor, loss_fn: Callable, epoch: int) -> torch.Tensor:
+    """One step of :func:`fit` on a batch already on the model's device: the loss (the model's
+    ``training_step`` if it has one), zero_grad, backward, every optimizer's step, then the model's
+    ``after_optimizer_step``. Returns the loss."""
+    if hasattr(model, "training_step"):
+        loss = model.training_step(images, labels, indices, loss_fn, epoch)
+    else:
+        loss = call_loss(loss_fn, _output_logits(model(images)), labels, epoch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the lr")
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    if hasattr(model, "after_optimizer_step"):
+        model.after_optimizer_step()
+    return loss
 
 
 @torch.no_grad()

@@ -14,9 +14,9 @@ up by dataset index; "on-line" = E embeds each augmented batch and the HNSW inde
 Method: one process, one thread (``--threads``), base branch resnet10_tiny, batch 128, k = 30, Fashion-MNIST-LT
 (``--quick``: its head class cut to 250 images, ~600 training images, so that the one-off caches take seconds;
 the step itself does not depend on the training-set size). Every configuration is built first (its one-off
-costs reported), then one training step = ``training_step`` + backward + optimizer steps (what
-:func:`ltcore.train.fit` does per batch, on batches already in memory, so data loading, identical for all,
-is left out) is timed round-robin over the configurations, the same batch for all in a round; a configuration's
+costs reported), then one training step (:func:`ltcore.train.optimization_step`: the loss, backward,
+optimizer steps, what :func:`ltcore.train.fit` does per batch, on batches already in memory, so data loading,
+identical for all, is left out) is timed round-robin over the configurations, the same batch for all in a round; a configuration's
 time is the median over its rounds, in wall-clock and in this process's CPU time (the CPU time is what an idle
 machine would show; the wall time includes waiting for a shared CPU). Every configuration uses the same AdamW
 optimizer (``RACSettings()``'s default), so the ratios isolate the retrieval branch.
@@ -39,7 +39,7 @@ from ltcore.config import seed_everything
 from ltcore.data import build_dataset
 from ltcore.paper_tables import RAC_TABLE5
 from ltcore.rac_train import RACClassifier, RACSettings, build_retrieval_setup, make_rac_classifier
-from ltcore.train import TrainConfig
+from ltcore.train import TrainConfig, optimization_step
 
 TARGETS = {"bow_random": 1.2, "minilm": 1.5}
 PAPER_RATIOS = {"Rand.": 28.3 / 23.6, "CLIP": 44.3 / 23.6}
@@ -84,17 +84,6 @@ def describe(case: Case, classifier: RACClassifier) -> tuple[str, str]:
     return t_runs, "precomputed" if classifier.neighbour_tables else "on-line"
 
 
-def train_step(classifier: RACClassifier, optimizers: list, batch, loss_fn) -> None:
-    """One optimisation step as :func:`ltcore.train.fit` takes it."""
-    images, labels, indices = batch
-    loss = classifier.training_step(images, labels, indices, loss_fn, 0)
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    for optimizer in optimizers:
-        optimizer.step()
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m ltcore bench rac", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="head class cut to 250 images (one-off caches in s)")
@@ -128,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         classifier = make_rac_classifier(splits, case.settings, setup=setup, mode=case.mode, seed=args.seed).train()
         optimizers = classifier.configure_optimizers(config)
         one_off = time.perf_counter() - started
-        train_step(classifier, optimizers, batches[0], loss_fn)  # warm-up (allocations, tokenizer memo)
+        optimization_step(classifier, optimizers, *batches[0], loss_fn, 0)  # warm-up (allocations, tokenizer memo)
         built.append((case, classifier, optimizers, one_off, [], []))
 
     for round_ in range(rounds):
@@ -137,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             if case.slow and round_ >= slow_rounds:
                 continue
             wall, cpu = time.perf_counter(), time.process_time()
-            train_step(classifier, optimizers, batch, loss_fn)
+            optimization_step(classifier, optimizers, *batch, loss_fn, 0)
             walls.append(time.perf_counter() - wall)
             cpus.append(time.process_time() - cpu)
 
