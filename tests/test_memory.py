@@ -383,6 +383,44 @@ def test_moved_keys_are_reindexed_for_duplicate_detection():
     assert memory.bank_size(1) == size + int(moved.sum())      # their old positions are free keys
 
 
+def trained_steps(memory, steps=3):
+    """Reads of three banks, backward and step, then a write, ``steps`` times (seeded)."""
+    for step in range(steps):
+        queries = torch.randn(5, D, generator=torch.Generator().manual_seed(step))
+        memory.read(queries, torch.tensor([0, 1, 3, 1, 1])).sum().backward()
+        memory.step()
+        memory.write(queries, torch.rand(5, generator=torch.Generator().manual_seed(step)), torch.tensor([1, 1, 0, 3, 1]))
+    return memory
+
+
+def test_step_in_small_chunks_equals_step_in_one_chunk(monkeypatch):
+    """step's Adam and fingerprints run in chunks of rows on a CPU: the result is bit-identical."""
+    whole = trained_steps(random_memory(lr=1e-2, capacity=30))
+    monkeypatch.setattr("ltcore.memory._CPU_ROW_CHUNK_ELEMENTS", 3 * D)   # 3 keys, or 24 values, per chunk
+    chunked = trained_steps(random_memory(lr=1e-2, capacity=30))
+    assert_same_memory(whole, chunked)
+    assert whole._index == chunked._index and whole._slot_key_id == chunked._slot_key_id
+
+
+def test_reindex_after_an_exact_fingerprint_collision_keeps_one_entry_per_key():
+    """The probability-0 case made real: step gives every moved key one fingerprint; the slot first
+    written keeps the index entry (nothing merged), and the next step indexes every key again."""
+    memory = EpisodicMemory(1, D, top_n=3, lr=1e-2)
+    memory.write(10 * torch.eye(D)[:3], torch.rand(3), torch.zeros(3, dtype=torch.long))   # slots 0, 1, 2
+    real_fingerprints = memory._fingerprints
+    memory._fingerprints = lambda keys: torch.zeros(len(keys), 2, dtype=torch.long)
+    memory.read(torch.zeros(1, D), torch.tensor([0])).sum().backward()
+    assert memory.step() == 3
+    assert memory._index == {(0, 0, 0): 0} and memory.bank_size(0) == 3
+    memory._fingerprints = real_fingerprints
+    memory.read(torch.zeros(1, D), torch.tensor([0])).sum().backward()
+    assert memory.step() == 3
+    assert sorted(memory._index.values()) == [0, 1, 2]
+    _, keys, _ = memory.bank(0)
+    memory.write(keys, torch.rand(3), torch.zeros(3, dtype=torch.long))    # every moved key is found again
+    assert memory.bank_size(0) == 3
+
+
 def test_zero_grad_keeps_the_records_and_eval_reads_record_nothing():
     memory = random_memory(lr=1e-2)
     queries = torch.randn(3, D)
@@ -414,13 +452,7 @@ def test_a_slot_evicted_after_its_read_gets_no_stale_gradient():
 
 # ---------------------------------------------------------------------------- state
 def trained_memory():
-    memory = random_memory(lr=1e-2, capacity=30)
-    for step in range(3):
-        queries = torch.randn(5, D, generator=torch.Generator().manual_seed(step))
-        memory.read(queries, torch.tensor([0, 1, 3, 1, 1])).sum().backward()
-        memory.step()
-        memory.write(queries, torch.rand(5), torch.tensor([1, 1, 0, 3, 1]))
-    return memory
+    return trained_steps(random_memory(lr=1e-2, capacity=30))
 
 
 def assert_same_memory(a, b):
