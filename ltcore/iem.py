@@ -73,6 +73,7 @@ Taught in notebook 06, *IEM results*.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -80,14 +81,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcore.memory import EpisodicMemory, MemoryOptimizer
+from ltcore.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
 from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure, open_set_predictions
 from ltcore.models import create_backbone
 from ltcore.rsa import RegionSelfAttention, region_partition, region_sums
 from ltcore.train import TrainConfig, call_loss, default_optimizers
 
-__all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "create_iem", "hard_negatives",
-           "open_set_metrics"]
+__all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "check_memory_fits", "create_iem",
+           "hard_negatives", "open_set_metrics"]
 
 # Table 5's rows: ablation key -> (method name, switches turned off).
 ABLATIONS: dict[Optional[str], tuple[str, dict]] = {
@@ -215,6 +216,25 @@ class IEMClassifier(nn.Module):
         """The memories present, by name ("global", "local")."""
         named = {"global": self.global_memory, "local": self.local_memory}
         return {name: memory for name, memory in named.items() if memory is not None}
+
+    def projected_memory(self, class_counts, epochs: int) -> dict[str, dict]:
+        """Size of each memory after ``epochs`` epochs on a train split with these ``class_counts``:
+        name -> ``slots``, ``device_bytes``, ``host_bytes``.
+
+        Every step writes its batch (warm-up included): one key per image to the global memory,
+        ``regions_per_image`` to the local one; see :func:`ltcore.memory.projected_bank_sizes`.
+        Taught in notebook 06, *IEM results*.
+        """
+        projection = {}
+        for name, memory in self.memories.items():
+            keys_per_image = 1 if name == "global" else self.regions_per_image
+            if keys_per_image is None:
+                raise ValueError("regions_per_image=None writes every region: the local memory's size depends on "
+                                 "the feature map; give regions_per_image to project it")
+            slots = int(projected_bank_sizes(class_counts, epochs, keys_per_image, memory.capacity).sum())
+            device_bytes, host_bytes = memory.slot_bytes()
+            projection[name] = {"slots": slots, "device_bytes": slots * device_bytes, "host_bytes": slots * host_bytes}
+        return projection
 
     def in_warmup(self, epoch: int) -> bool:
         """True while the memories are only written (epoch counted from 0)."""
@@ -351,6 +371,26 @@ class IEMClassifier(nn.Module):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         return labels.long()
+
+
+def check_memory_fits(projection: dict[str, dict], device: torch.device | str) -> None:
+    """Raise ``MemoryError`` before training when the memories of :meth:`IEMClassifier.projected_memory`
+    would outgrow ``device`` (a GPU's total memory; on the CPU the machine's RAM, host bytes included).
+
+    Taught in notebook 06, *IEM results*.
+    """
+    device = torch.device(device)
+    need = sum(part["device_bytes"] for part in projection.values())
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        need += sum(part["host_bytes"] for part in projection.values())
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        sizes = ", ".join(f"{name} {part['slots']:,} slots" for name, part in projection.items())
+        raise MemoryError(f"the IEM memories would reach {need / 1e9:.1f} GB by the end of training ({sizes}), "
+                          f"more than the {have / 1e9:.1f} GB of {device}: lower memory_kwargs['capacity'], "
+                          "regions_per_image or the number of epochs")
 
 
 def create_iem(variant: str = "tiny", num_classes: int = 10, ablation: Optional[str] = None, in_chans: int = 1,

@@ -16,9 +16,21 @@ from typing import Iterable, Optional
 import pandas as pd
 
 from ltcore.io import atomic_write
-from ltcore.paths import figures_dir, results_dir
+from ltcore.paths import REPO_ROOT, figures_dir, output_dir, results_dir
 
 COLUMNS = ["dataset", "method", "many", "medium", "few", "overall", "seconds"]
+
+# How far a re-run may land from the recorded one (absolute; accuracies in points). Float rounding
+# differs between CPUs (instruction sets, BLAS code paths) and training amplifies it: the same code
+# and seeds gave up to 4.5 points overall, 11 on a head group and 6 on a few-shot group on
+# another CPU (notebook 07's LACE row). Wide enough for that, narrow enough to catch a broken method.
+RECORDED_TOLERANCE = {"many": 15.0, "medium": 15.0, "few": 20.0, "overall": 8.0, "f_measure": 0.08,
+                      "open_many": 15.0, "open_medium": 15.0, "open_few": 20.0, "open_overall": 8.0}
+_ROW_KEYS = ("dataset", "method", "seed", "image_size", "k", "t_mode")
+
+
+class RecordedResultsMismatch(AssertionError):
+    """A run's results are further from the recorded ones than :data:`RECORDED_TOLERANCE` allows."""
 
 
 def _percent(value) -> Optional[float]:
@@ -57,6 +69,46 @@ def load_results(name: str, folder: Optional[Path] = None) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no results file {path}; run the notebook that writes it (make reproduce)")
     return json.loads(path.read_text())
+
+
+def compare_with_recorded(rows: Iterable[dict], name: str, tolerance: Optional[dict] = None) -> str:
+    """Compare this run's ``rows`` with the committed ``results/<name>.json``; returns a one-line summary.
+
+    Rows are matched by the keys of :data:`_ROW_KEYS` they have; every metric of ``tolerance``
+    (default :data:`RECORDED_TOLERANCE`) must lie within it. Raises :class:`RecordedResultsMismatch`
+    naming each value outside, or a recorded row missing from the run. Nothing is compared when
+    this run writes the record itself (no ``LTCORE_OUTPUT_DIR``), or when it is on other datasets
+    than the record (the full profile). The notebook tests call it after every ``save_results``.
+    """
+    rows, tolerance = list(rows), RECORDED_TOLERANCE if tolerance is None else tolerance
+    if output_dir().resolve() == REPO_ROOT.resolve():
+        return f"{name}: this run writes the record (results/{name}.json); nothing to compare"
+    recorded = load_results(name, REPO_ROOT / "results")
+    if not {row.get("dataset") for row in rows} & {row.get("dataset") for row in recorded}:
+        return f"{name}: the record is for other datasets; nothing to compare"
+
+    def key(row: dict) -> tuple:
+        return tuple(row.get(column) for column in _ROW_KEYS)
+
+    ours = {key(row): row for row in rows}
+    problems, largest = [], (0.0, "")
+    for old in recorded:
+        new = ours.get(key(old))
+        if new is None:
+            problems.append(f"recorded row {old['method']!r} is missing")
+            continue
+        for metric, allowed in tolerance.items():
+            if old.get(metric) is None or new.get(metric) is None:
+                continue
+            difference = abs(float(new[metric]) - float(old[metric]))
+            largest = max(largest, (difference, f"{metric} of {old['method']!r}"))
+            if difference > allowed:
+                problems.append(f"{old['method']!r} {metric}: {new[metric]} against the recorded {old[metric]} "
+                                f"(tolerance {allowed})")
+    if problems:
+        raise RecordedResultsMismatch(f"results/{name}.json: " + "; ".join(problems))
+    return (f"{name}: {len(recorded)} rows within tolerance of the recorded run "
+            f"(largest difference {largest[0]:.2f}, {largest[1] or 'none'})")
 
 
 def results_frame(rows: Iterable[dict], columns: Optional[list] = None) -> pd.DataFrame:

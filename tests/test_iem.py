@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ltcore.data import ArrayDataset
-from ltcore.iem import ABLATIONS, IEMClassifier, create_iem, hard_negatives, open_set_metrics
+from ltcore.iem import ABLATIONS, IEMClassifier, check_memory_fits, create_iem, hard_negatives, open_set_metrics
 from ltcore.losses import make_loss
-from ltcore.memory import EpisodicMemory, MemoryOptimizer
+from ltcore.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
 from ltcore.metrics import open_set_predictions
 from ltcore.models import create_backbone
 from ltcore.train import TrainConfig, fit, predict
@@ -236,6 +236,39 @@ def test_one_fit_epoch_after_warmup_writes_to_the_memories_within_capacity():
     assert sgd_params == {id(p) for p in model.parameters()}
     assert {id(p) for p in model.rsa.parameters()} <= sgd_params
     assert set(map(id, optimizers[1].memories)) == {id(m) for m in model.memories.values()}
+
+
+def test_projected_memory_is_what_training_leaves_in_the_banks():
+    full = toy_dataset()
+    keep = np.r_[0:12, 12:17, 24:26]                        # 12, 5 and 2 images: 2 epochs fill bank 0 of the local memory
+    data, counts = ArrayDataset(full.images[keep], full.labels[keep]), [12, 5, 2]
+    model = make_model()
+    projection = model.projected_memory(counts, epochs=2)
+    fit(model, data, make_loss("ce", counts), TrainConfig(epochs=2, batch_size=8, lr=0.05, progress=False, device="cpu"))
+    for name, memory in model.memories.items():
+        k = 1 if name == "global" else K
+        assert memory.bank_sizes().tolist() == projected_bank_sizes(counts, 2, k, memory.capacity).tolist()
+        assert projection[name]["slots"] == memory.num_slots
+        device_bytes, host_bytes = memory.slot_bytes()
+        assert projection[name]["device_bytes"] == memory.num_slots * device_bytes
+        # the tensors a slot owns: key, value and their two Adam moments, float32
+        owned = sum(buffer[0].numel() * buffer.element_size() for buffer in
+                    (memory.keys, memory.values, memory.key_exp_avg, memory.key_exp_avg_sq,
+                     memory.value_exp_avg, memory.value_exp_avg_sq))
+        assert device_bytes == owned + memory.bank_table.element_size()
+    assert projected_bank_sizes(counts, 2, K, 32).tolist() == [32, 20, 8]    # 48 writes capped at 32
+
+
+def test_memories_that_would_not_fit_stop_before_training():
+    model = make_model(memory_kwargs=dict(capacity=10**9))
+    projection = model.projected_memory([10**7] * NUM_CLASSES, epochs=10**4)   # ~ 10^11 slots
+    with pytest.raises(MemoryError, match=r"global [\d,]+ slots, local [\d,]+ slots.*capacity"):
+        check_memory_fits(projection, "cpu")
+    check_memory_fits(make_model().projected_memory([12] * NUM_CLASSES, epochs=2), "cpu")   # kilobytes: fits
+    with pytest.raises(ValueError, match="regions_per_image=None"):
+        make_model(regions_per_image=None).projected_memory([12] * NUM_CLASSES, epochs=2)
+    with pytest.raises(ValueError, match="class_counts"):
+        projected_bank_sizes([[3, 4]], 2, 1, 10)
 
 
 def test_forward_logits_average_the_classifier_and_the_memories():
