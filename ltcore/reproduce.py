@@ -7,10 +7,13 @@ clusters. Overrides are checked against each notebook's ``parameters`` cell: an
 unknown name is an error, not a silently ignored setting.
 
 ``python -m ltcore reproduce --profile quick`` (what ``make reproduce`` runs)
-executes the notebooks in order into ``runs/<profile>/``, stops at the first
-failing notebook naming it and the cell, and prints a summary table.
-``--inplace`` writes the executed notebooks back into ``notebooks/`` (the
-committed course material, outputs included).
+executes the notebooks in order into ``runs/<profile>/`` (their figures and
+results too, unless ``LTCORE_OUTPUT_DIR`` says otherwise), stops at the first
+failing notebook naming it and the cell, and prints a summary table. Each
+notebook compares its trained results with the committed ``results/``
+(:func:`ltcore.results.compare_with_recorded`). ``--inplace`` writes the
+executed notebooks back into ``notebooks/`` and their figures and results into
+``figures/`` and ``results/`` (the committed course material and record).
 
 Notebooks run ``--jobs`` at a time (default 2), each kernel single-threaded
 (``OMP_NUM_THREADS=1``): on a small CPU machine that is faster than one
@@ -120,6 +123,8 @@ def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: O
 
     os.environ.update(KERNEL_ENV)  # inherited by the kernels
     output_dir = Path(output_dir or REPO_ROOT / "runs" / profile)
+    if not inplace:  # a reproduction's figures and results go beside its notebooks: the record stays as committed,
+        os.environ.setdefault("LTCORE_OUTPUT_DIR", str(output_dir))  # and each notebook compares with it
     selected = notebooks(only)
     plans = []
     for notebook in selected:  # check every notebook's parameters before running anything

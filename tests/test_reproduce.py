@@ -59,3 +59,14 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "01_ok.ipynb").exists() and not (tmp_path / "out" / "03_never.ipynb").exists()
     executed = nbformat.read(tmp_path / "out" / "01_ok.ipynb", as_version=4)
     assert executed.cells[1].outputs[0]["text"] == "2\n"
+
+
+def test_a_reproduction_writes_its_results_beside_its_notebooks_not_over_the_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(rep, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.delenv("LTCORE_OUTPUT_DIR")                  # as `make reproduce` runs: nothing redirected
+    write_notebook(tmp_path / "01_saves.ipynb", [
+        "from ltcore.results import save_results\n"
+        "save_results([{'dataset': 'd', 'method': 'm', 'overall': 1.0}], 'reproduce_probe')"])
+    rep.reproduce("quick", output_dir=tmp_path / "out", jobs=1)
+    assert (tmp_path / "out" / "results" / "reproduce_probe.json").is_file()
+    assert not (rep.REPO_ROOT / "results" / "reproduce_probe.json").exists()
