@@ -31,6 +31,17 @@ def override(config: C, overrides: Mapping[str, Any]) -> C:
     return dataclasses.replace(config, **clean)
 
 
+def progress_disabled(progress: bool) -> bool:
+    """``disable=`` for a tqdm bar: off when ``progress`` is False or ``TQDM_DISABLE`` is set.
+
+    tqdm reads ``TQDM_DISABLE`` only for a ``disable`` left at its default; ltcore passes it
+    explicitly, so it honours the variable here. The notebook tests set it: under nbval a cell's
+    widget updates pile up unread until the cell ends, and past ZMQ's high-water mark the kernel's
+    last messages are dropped (notebook 01's training cell then timed out waiting for them).
+    """
+    return not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+
+
 def _same_kind(current: Any, value: Any) -> bool:
     if isinstance(current, bool) or isinstance(value, bool):
         return isinstance(current, bool) and isinstance(value, bool)

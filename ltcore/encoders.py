@@ -86,6 +86,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ltcore import paths
+from ltcore.config import progress_disabled
 from ltcore.io import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -546,7 +547,7 @@ def embed_dataset(
                 pass  # unreadable cache entry: recompute and overwrite it
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks = []
-    for batch in tqdm(loader, desc=f"embed {encoder.name}", unit="batch", disable=not progress):
+    for batch in tqdm(loader, desc=f"embed {encoder.name}", unit="batch", disable=progress_disabled(progress)):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         chunks.append(encoder.embed(images, preprocessing).cpu().numpy().astype(np.float32, copy=False))
     embeddings = np.concatenate(chunks, axis=0) if chunks else np.empty((0, encoder.embed_dim or 0), np.float32)

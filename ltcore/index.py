@@ -53,6 +53,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from ltcore.config import progress_disabled
 from ltcore.io import atomic_write
 
 INDEX_KINDS = ("flat", "hnsw")
@@ -178,7 +179,8 @@ class VectorIndex:
         """Append keys [N, dim]; they get ids ntotal .. ntotal + N - 1. Added in chunks of ``chunk_size``."""
         rows = self._as_rows(vectors, "vectors")
         starts = range(0, rows.shape[0], max(1, int(chunk_size)))
-        bar = tqdm(total=rows.shape[0], desc=f"index add ({self.kind})", unit="vec", disable=not progress)
+        bar = tqdm(total=rows.shape[0], desc=f"index add ({self.kind})", unit="vec",
+                   disable=progress_disabled(progress))
         with faiss_threads(self.threads), bar:
             for start in starts:
                 chunk = rows[start : start + chunk_size]
@@ -231,7 +233,8 @@ class VectorIndex:
         scores = np.empty((rows.shape[0], k), dtype=np.float32)
         ids = np.empty((rows.shape[0], k), dtype=np.int64)
         with faiss_threads(self.threads):
-            for start in tqdm(range(0, rows.shape[0], max(step, 1)), desc="index search", disable=not progress):
+            for start in tqdm(range(0, rows.shape[0], max(step, 1)), desc="index search",
+                              disable=progress_disabled(progress)):
                 stop = start + step
                 scores[start:stop], ids[start:stop] = self._index.search(rows[start:stop], int(k))
         if (ids < 0).any():

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ltcore.config import progress_disabled
 from ltcore.encoders import ImageEncoder, TextEncoder
 from ltcore.index import VectorIndex
 
@@ -165,7 +166,8 @@ class RetrievalModule(nn.Module):
         """
         total = query_embeddings.shape[0]
         rows = []
-        for start in tqdm(range(0, total, batch_size), desc="precompute neighbours", disable=not progress):
+        for start in tqdm(range(0, total, batch_size), desc="precompute neighbours",
+                          disable=progress_disabled(progress)):
             batch_ids = None if query_ids is None else torch.as_tensor(query_ids)[start : start + batch_size]
             rows.append(self.neighbours(query_embeddings[start : start + batch_size], query_ids=batch_ids, drop=drop))
         return torch.cat(rows) if rows else torch.empty((0, self.k), dtype=torch.long)

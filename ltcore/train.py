@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ltcore.config import get_device, seed_everything
+from ltcore.config import get_device, progress_disabled, seed_everything
 from ltcore.io import atomic_save, safe_load
 
 
@@ -127,13 +127,14 @@ def fit(model: nn.Module, train_set: Dataset, loss_fn: Callable, config: TrainCo
             model.on_epoch_start(epoch)
         model.train()
         total, seen = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=1.0,
+                   disable=progress_disabled(config.progress))
         for images, labels, indices in bar:
             images, labels = images.to(device), labels.to(device)
             loss = optimization_step(model, optimizers, images, labels, indices, loss_fn, epoch)
             total += loss.item() * len(labels)
             seen += len(labels)
-            bar.set_postfix(loss=f"{total / seen:.3f}")
+            bar.set_postfix(loss=f"{total / seen:.3f}", refresh=False)  # shown at the next (throttled) refresh
         row = {"epoch": epoch + 1, "loss": total / seen, "lr": lr_at(epoch, config)}
         if val_set is not None:
             preds = predict(model, val_set, config.eval_batch_size, device, progress=False)
@@ -176,7 +177,7 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512, device: O
     model.eval()
     outputs: dict[str, list] = {}
     for images, labels, indices in tqdm(DataLoader(dataset, batch_size=batch_size), desc="predict",
-                                        leave=False, disable=not progress):
+                                        leave=False, disable=progress_disabled(progress)):
         images = images.to(device)
         out = model.predict_step(images, indices) if hasattr(model, "predict_step") else model(images)
         out = out if isinstance(out, dict) else {"logits": out}

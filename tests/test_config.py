@@ -33,3 +33,16 @@ def test_device_helper_defaults_and_refuses_missing_cuda(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             get_device("cuda")
+
+
+@pytest.mark.parametrize("value, disabled", [(None, False), ("", False), ("0", False), ("false", False),
+                                             ("1", True), ("True", True)])
+def test_progress_bars_honour_tqdm_disable(monkeypatch, value, disabled):
+    from ltcore.config import progress_disabled
+
+    if value is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", value)
+    assert progress_disabled(True) is disabled
+    assert progress_disabled(False) is True
