@@ -385,7 +385,10 @@ def check_memory_fits(projection: dict[str, dict], device: torch.device | str) -
         have = torch.cuda.get_device_properties(device).total_memory
     else:
         need += sum(part["host_bytes"] for part in projection.values())
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the RAM is unknown, nothing to check
+            return
     if need > have:
         sizes = ", ".join(f"{name} {part['slots']:,} slots" for name, part in projection.items())
         raise MemoryError(f"the IEM memories would reach {need / 1e9:.1f} GB by the end of training ({sizes}), "

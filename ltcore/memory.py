@@ -125,9 +125,9 @@ from __future__ import annotations
 
 import math
 import os
-from itertools import repeat
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from itertools import repeat
 from typing import NamedTuple, Sequence
 
 import numpy as np

@@ -107,8 +107,10 @@ def compare_with_recorded(rows: Iterable[dict], name: str, tolerance: Optional[d
                                 f"(tolerance {allowed})")
     if problems:
         raise RecordedResultsMismatch(f"results/{name}.json: " + "; ".join(problems))
+    unrecorded = len(set(ours) - {key(row) for row in recorded})
     return (f"{name}: {len(recorded)} rows within tolerance of the recorded run "
-            f"(largest difference {largest[0]:.2f}, {largest[1] or 'none'})")
+            f"(largest difference {largest[0]:.2f}, {largest[1] or 'none'})"
+            + (f"; {unrecorded} rows of this run are not in the record" if unrecorded else ""))
 
 
 def results_frame(rows: Iterable[dict], columns: Optional[list] = None) -> pd.DataFrame:

@@ -19,7 +19,9 @@ def test_a_rerun_within_tolerance_passes_and_says_how_far_it_is(recorded):
     rows.reverse()                                             # rows are matched by method and seed, not order
     summary = compare_with_recorded(rows, "06_iem_seeds")
     assert summary.startswith(f"06_iem_seeds: {len(recorded)} rows within tolerance")
-    assert "largest difference 2.50, overall of" in summary
+    assert "largest difference 2.50, overall of" in summary and "not in the record" not in summary
+    extra = compare_with_recorded(rows + [{**rows[0], "method": "new method"}], "06_iem_seeds")
+    assert extra.endswith("; 1 rows of this run are not in the record")
 
 
 def test_a_broken_method_or_a_lost_row_fails_naming_it(recorded):
