@@ -22,10 +22,11 @@ COLUMNS = ["dataset", "method", "many", "medium", "few", "overall", "seconds"]
 
 # How far a re-run may land from the recorded one (absolute; accuracies in points). Float rounding
 # differs between CPUs (instruction sets, BLAS code paths) and training amplifies it: the same code
-# and seeds gave up to 4.5 points overall, 11 on a head group and 6 on a few-shot group on
-# another CPU (notebook 07's LACE row). Wide enough for that, narrow enough to catch a broken method.
-RECORDED_TOLERANCE = {"many": 15.0, "medium": 15.0, "few": 20.0, "overall": 8.0, "f_measure": 0.08,
-                      "open_many": 15.0, "open_medium": 15.0, "open_few": 20.0, "open_overall": 8.0}
+# and seeds gave up to 4.5 points overall, 11.2 on a head group (notebook 07's LACE row), 5.75 on a
+# few-shot group and 0.034 in F-measure on another CPU. About twice that is allowed: narrow enough
+# to catch a broken method (chance level is 10% here), not a regression of a point or two.
+RECORDED_TOLERANCE = {"many": 20.0, "medium": 20.0, "few": 20.0, "overall": 8.0, "f_measure": 0.08,
+                      "open_many": 20.0, "open_medium": 20.0, "open_few": 20.0, "open_overall": 8.0}
 _ROW_KEYS = ("dataset", "method", "seed", "image_size", "k", "t_mode")
 
 
