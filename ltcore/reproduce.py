@@ -123,8 +123,9 @@ def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: O
 
     os.environ.update(KERNEL_ENV)  # inherited by the kernels
     output_dir = Path(output_dir or REPO_ROOT / "runs" / profile)
-    if not inplace:  # a reproduction's figures and results go beside its notebooks: the record stays as committed,
-        os.environ.setdefault("LTCORE_OUTPUT_DIR", str(output_dir))  # and each notebook compares with it
+    # A reproduction's figures and results go beside its notebooks (the record stays as committed, and each
+    # notebook compares with it), for this call only: the kernels inherit the variable when they start.
+    redirect = not inplace and "LTCORE_OUTPUT_DIR" not in os.environ
     selected = notebooks(only)
     plans = []
     for notebook in selected:  # check every notebook's parameters before running anything
@@ -150,9 +151,15 @@ def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: O
         return {"notebook": notebook.name, "status": "ok", "seconds": round(seconds, 1)}
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        summary = list(pool.map(run, plans))
-    print_summary(summary, time.perf_counter() - started)
+    if redirect:
+        os.environ["LTCORE_OUTPUT_DIR"] = str(output_dir)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            summary = list(pool.map(run, plans))
+        print_summary(summary, time.perf_counter() - started)
+    finally:
+        if redirect:
+            del os.environ["LTCORE_OUTPUT_DIR"]
     if failed:
         raise SystemExit(1)
     return summary

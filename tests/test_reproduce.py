@@ -70,3 +70,6 @@ def test_a_reproduction_writes_its_results_beside_its_notebooks_not_over_the_rec
     rep.reproduce("quick", output_dir=tmp_path / "out", jobs=1)
     assert (tmp_path / "out" / "results" / "reproduce_probe.json").is_file()
     assert not (rep.REPO_ROOT / "results" / "reproduce_probe.json").exists()
+    assert "LTCORE_OUTPUT_DIR" not in rep.os.environ       # for that call only: a second call picks its own folder
+    rep.reproduce("quick", output_dir=tmp_path / "again", jobs=1)
+    assert (tmp_path / "again" / "results" / "reproduce_probe.json").is_file()
