@@ -16,9 +16,9 @@ import numpy as np
 
 from ltcore.config import seed_everything
 from ltcore.data.datasets import LTSplits
-from ltcore.losses import make_loss
+from ltcore.losses import build_loss
 from ltcore.metrics import shot_accuracy
-from ltcore.models import PlainClassifier, create_backbone
+from ltcore.models import PlainClassifier, build_backbone
 from ltcore.results import shot_row
 from ltcore.train import TrainConfig, fit, predict
 
@@ -49,7 +49,7 @@ def loss_for(name: str, class_counts: np.ndarray, config: TrainConfig, **loss_kw
     spec = BASELINES[name]
     if spec.loss == "ldam_drw":
         loss_kwargs.setdefault("drw_epoch", int(0.8 * config.epochs))
-    return make_loss(spec.loss, class_counts, **loss_kwargs)
+    return build_loss(spec.loss, class_counts, **loss_kwargs)
 
 
 def train_baseline(name: str, splits: LTSplits, config: TrainConfig, backbone: str = "resnet10_tiny",
@@ -63,7 +63,7 @@ def train_baseline(name: str, splits: LTSplits, config: TrainConfig, backbone: s
         raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     in_chans = splits.train[0][0].shape[0]
     seed_everything(config.seed)  # the initial weights must not depend on what ran before in the process
-    model = PlainClassifier(create_backbone(backbone, in_chans), splits.num_classes, BASELINES[name].normed_classifier)
+    model = PlainClassifier(build_backbone(backbone, in_chans), splits.num_classes, BASELINES[name].normed_classifier)
     started = time.perf_counter()
     history = fit(model, splits.train, loss_for(name, splits.class_counts, config), config, val_set=splits.val)
     predictions = predict(model, splits.test, config.eval_batch_size, progress=progress)

@@ -297,7 +297,7 @@ def posthoc_logit_adjust(logits: torch.Tensor, class_counts: CountsLike, tau: fl
 # Registry
 # ----------------------------------------------------------------------------------------------------------
 class EpochLoss:
-    """A configured loss: ``loss(logits, targets, epoch=None) -> scalar``. Built by ``make_loss``."""
+    """A configured loss: ``loss(logits, targets, epoch=None) -> scalar``. Built by ``build_loss``."""
 
     def __init__(self, name: str, fn: Callable[[torch.Tensor, torch.Tensor, Optional[int]], torch.Tensor],
                  config: dict[str, Any]) -> None:
@@ -357,7 +357,7 @@ def _build_ldam_drw(
 ):
     if drw_epoch is None:
         raise ValueError(
-            "make_loss('ldam_drw', ...) needs drw_epoch=<epoch at which re-weighting starts> "
+            "build_loss('ldam_drw', ...) needs drw_epoch=<epoch at which re-weighting starts> "
             "(Cao et al. use 160 of 200 epochs on CIFAR)"
         )
     counts = _as_counts(class_counts)
@@ -405,12 +405,12 @@ def _canonical_loss_name(name: str) -> str:
 
 
 def loss_options(name: str) -> tuple[str, ...]:
-    """Keyword arguments ``make_loss`` accepts for ``name`` (all numeric)."""
+    """Keyword arguments ``build_loss`` accepts for ``name`` (all numeric)."""
     builder = _LOSS_BUILDERS[_canonical_loss_name(name)]
     return tuple(p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY)
 
 
-def make_loss(name: str, class_counts: CountsLike, **kwargs: Any) -> EpochLoss:
+def build_loss(name: str, class_counts: CountsLike, **kwargs: Any) -> EpochLoss:
     """Build a loss by name: returns ``loss(logits, targets, epoch=None) -> scalar``.
 
     Names: "ce" (label_smoothing), "focal" (gamma), "cb_focal" (gamma, beta), "ldam_drw" (drw_epoch required,

@@ -97,11 +97,12 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 import torch
 
+from ltcore.data.datasets import OPEN_LABEL
+
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
 
 SHOT_CONVENTIONS: tuple[str, ...] = ("classifier-balancing", "oltr")
 OPEN_SET_RULES: tuple[str, ...] = ("oltr", "classifier-balancing")
-OPEN_LABEL: int = -1  # label of open-set test samples and prediction of rejected samples
 SHOT_GROUPS: tuple[str, ...] = ("many", "medium", "few")
 
 
@@ -296,7 +297,7 @@ def open_set_predictions(scores: ArrayLike, open_threshold: float = 0.1, from_lo
     (N,) int64 argmax class, or -1 where the max probability is strictly below ``open_threshold``.
 
     ``normalized=False`` accepts any finite per-class scores, thresholded as they are (IEM's average of the
-    classifier's probabilities and the memory scores, which are not clamped to [0, 1]: :mod:`ltcore.iem`)."""
+    classifier's probabilities and the memory scores, which are not clamped to [0, 1]: :mod:`ltcore.iem.model`)."""
     arr = _to_numpy(scores).astype(np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"scores must have shape (N, C) with N, C > 0, got {tuple(arr.shape)}")

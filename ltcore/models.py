@@ -7,7 +7,7 @@ swap the ImageNet stem (7x7/2 conv + max-pool) for a CIFAR-style 3x3/1 conv and
 run the last stage at stride 1 (timm's ``output_stride=16``, dilated), so the
 final feature map stays 7x7: region self-attention needs a spatial map.
 
-All variants are built by one factory, :func:`create_backbone`; the tiny
+All variants are built by one factory, :func:`build_backbone`; the tiny
 ``test_*`` variants exist for unit tests only.
 
 Taught in notebook 01, *Baselines*.
@@ -80,7 +80,7 @@ FASHION_MNIST_MEAN_STD = (0.2860, 0.3530)
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def create_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=None, std=None) -> Backbone:
+def build_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=None, std=None) -> Backbone:
     """Build a named backbone. Inputs are images in [0, 1]; the backbone normalises them with ``mean``/``std``
     (default: Fashion-MNIST's pixel statistics for 1 channel, ImageNet's for 3)."""
     default_mean, default_std = FASHION_MNIST_MEAN_STD if in_chans == 1 else IMAGENET_MEAN_STD

@@ -9,11 +9,11 @@ import torch
 from PIL import Image, ImageFile
 
 from ltcore.data import build_dataset, longtail_counts
-from ltcore.data.cifar import make_cifar_lt
+from ltcore.data.cifar import build_cifar_lt
 from ltcore.data.files import (ImageEntry, ImageListDataset, check_images_exist, default_transform, parse_split_file,
                                read_class_names)
-from ltcore.data.inat import make_inat2018
-from ltcore.data.oltr import make_oltr_lt
+from ltcore.data.inat import build_inat2018
+from ltcore.data.oltr import build_oltr_lt
 from ltcore.data.registry import DATASETS
 
 TINY = dict(image_size=8, resize_size=10)  # tiny default transforms: shorter side 10, 8 x 8 crop
@@ -185,7 +185,7 @@ def write_oltr(root, benchmark="ImageNet_LT", with_open=True, split_dir=None):
 
 def test_imagenet_lt_builds_from_split_files(tmp_path):
     write_oltr(tmp_path)
-    splits = make_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, **TINY)
+    splits = build_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, **TINY)
     assert splits.name == "imagenet_lt"
     assert splits.class_counts.tolist() == [4, 2, 1] and splits.num_classes == 3
     assert splits.class_names == ["class_0", "class_1", "class_2"]
@@ -205,19 +205,19 @@ def test_oltr_defaults_env_root_class_names_and_registry(tmp_path, monkeypatch):
     write_oltr(tmp_path / "images", benchmark="SUN_LT", with_open=False, split_dir=tmp_path / "splits")
     write_lines(tmp_path / "splits" / "SUN_LT_classnames.txt", ["abbey", "airport", "alley"])
     monkeypatch.setenv("LTCORE_SUN_LT_ROOT", str(tmp_path / "images"))
-    splits = make_oltr_lt("SUN_LT", split_dir=tmp_path / "splits", num_classes=3, **TINY)
+    splits = build_oltr_lt("SUN_LT", split_dir=tmp_path / "splits", num_classes=3, **TINY)
     assert splits.open_set is None and splits.class_names == ["abbey", "airport", "alley"]
     assert splits.train.class_names == splits.class_names
     built = build_dataset("sun_lt", split_dir=tmp_path / "splits", num_classes=3, check_files=False, **TINY)
     assert built.class_counts.tolist() == [4, 2, 1]
     with pytest.raises(ValueError, match=r"SUN_LT_classnames\.txt: 3 class names for 397 classes"):
-        make_oltr_lt("SUN_LT", split_dir=tmp_path / "splits", **TINY)  # default num_classes: SUN397's
+        build_oltr_lt("SUN_LT", split_dir=tmp_path / "splits", **TINY)  # default num_classes: SUN397's
 
 
 def test_oltr_default_num_classes_and_transform_override(tmp_path):
     write_oltr(tmp_path, benchmark="Places_LT")
     identity = lambda image: image  # noqa: E731
-    splits = make_oltr_lt("Places_LT", root=tmp_path, transform=identity)
+    splits = build_oltr_lt("Places_LT", root=tmp_path, transform=identity)
     assert splits.num_classes == 365 and splits.class_counts[:3].tolist() == [4, 2, 1]
     assert splits.class_counts[3:].sum() == 0 and splits.class_names[364] == "class_364"
     assert splits.train[0][0].shape == (3, 11, 14)  # the given transform is used for train too
@@ -225,13 +225,13 @@ def test_oltr_default_num_classes_and_transform_override(tmp_path):
 
 def test_oltr_missing_split_files_say_where_and_how(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        make_oltr_lt("ImageNet_LT", root=tmp_path)
+        build_oltr_lt("ImageNet_LT", root=tmp_path)
     message = str(err.value)
     for needle in (str(tmp_path / "ImageNet_LT_train.txt"), str(tmp_path / "ImageNet_LT_test.txt"),
                    "LTCORE_IMAGENET_LT_ROOT", DATASETS["imagenet_lt"].how_to_get):
         assert needle in message
     with pytest.raises(ValueError, match="unknown OLTR benchmark"):
-        make_oltr_lt("CIFAR_LT", root=tmp_path)
+        build_oltr_lt("CIFAR_LT", root=tmp_path)
 
 
 def test_oltr_bad_inputs_name_file_and_line(tmp_path):
@@ -240,18 +240,18 @@ def test_oltr_bad_inputs_name_file_and_line(tmp_path):
     lines = train.read_text().splitlines()
     write_lines(train, lines[:2] + [lines[2].rsplit(" ", 1)[0] + " -1"] + lines[3:])
     with pytest.raises(ValueError, match=rf"{train}, line 3: open-set label -1 is only allowed in an open split"):
-        make_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, **TINY)
+        build_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, **TINY)
     write_lines(train, lines[:4] + ["train/c0/missing.png 0"] + lines[4:])
     with pytest.raises(FileNotFoundError, match=rf"{train}, line 5: .*missing\.png"):
-        make_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, **TINY)
-    lazy = make_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, check_files=False, **TINY)
+        build_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, **TINY)
+    lazy = build_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=3, check_files=False, **TINY)
     with pytest.raises(FileNotFoundError, match=r"missing\.png"):
         lazy.train[4]
     write_lines(train, lines)
     with pytest.raises(ValueError, match="num_classes must be positive"):
-        make_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=0, **TINY)
+        build_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=0, **TINY)
     with pytest.raises(ValueError, match=r"ImageNet_LT_train\.txt, line 5: label 1 outside \[0, 1\)"):
-        make_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=1, **TINY)
+        build_oltr_lt("ImageNet_LT", root=tmp_path, num_classes=1, **TINY)
 
 
 # ---------------------------------------------------------------- iNaturalist 2018
@@ -282,7 +282,7 @@ def write_inat(root, train=None, val=None):
 def test_inat2018_builds_from_json(tmp_path, monkeypatch):
     write_inat(tmp_path)
     monkeypatch.setenv("LTCORE_INAT2018_ROOT", str(tmp_path))
-    splits = make_inat2018(**TINY)
+    splits = build_inat2018(**TINY)
     assert splits.val is None  # the released val split is the test set
     assert splits.class_names == ["Aster", "Moss", "Zebra"] and splits.class_counts.tolist() == [3, 2, 1]
     assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 2] and splits.test.labels.tolist() == [0, 1, 2]
@@ -324,21 +324,21 @@ def test_inat2018_bad_annotations(tmp_path, how, message):
     train, _ = write_inat(tmp_path)
     (tmp_path / "train2018.json").write_text(json.dumps(inat_break(train, how)))
     with pytest.raises(ValueError, match=message):
-        make_inat2018(tmp_path, **TINY)
+        build_inat2018(tmp_path, **TINY)
 
 
 def test_inat2018_missing_or_invalid_json(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        make_inat2018(tmp_path)
+        build_inat2018(tmp_path)
     assert str(tmp_path / "train2018.json") in str(err.value) and DATASETS["inat2018"].how_to_get in str(err.value)
     write_inat(tmp_path)
     (tmp_path / "val2018.json").write_text('{"images": [')
     with pytest.raises(ValueError, match=r"val2018\.json: not valid json"):
-        make_inat2018(tmp_path)
+        build_inat2018(tmp_path)
     write_inat(tmp_path)
     (tmp_path / "train_val2018/Plantae/9/5.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"train2018\.json, images\[5\]: .*9/5\.jpg"):
-        make_inat2018(tmp_path)
+        build_inat2018(tmp_path)
 
 
 # ---------------------------------------------------------------- CIFAR-LT
@@ -384,7 +384,7 @@ def cifar10_root(tmp_path_factory):
 
 def test_cifar10_lt_exp100_has_12406_images(cifar10_root):
     root, source_labels = cifar10_root
-    splits = make_cifar_lt(10, 100, "exp", root=root, verify_checksums=False, augment=False)
+    splits = build_cifar_lt(10, 100, "exp", root=root, verify_checksums=False, augment=False)
     assert len(splits.train) == 12406 and splits.class_counts.tolist() == EXP100_COUNTS
     assert np.bincount(splits.train.labels, minlength=10).tolist() == EXP100_COUNTS
     assert splits.val is None and len(splits.test) == 30 and splits.class_names[3] == "name3"
@@ -397,38 +397,38 @@ def test_cifar10_lt_exp100_has_12406_images(cifar10_root):
     assert image[0, 0, 0] * 255 == images[5, 0, 0, 0] and image[1].abs().sum() == 0
     test_image, test_label, _ = splits.test[29]
     assert test_label == 9 and torch.allclose(test_image, torch.full((3, 32, 32), 7 / 255.0))
-    again = make_cifar_lt(10, 100, root=root, verify_checksums=False, seed=0)
-    other = make_cifar_lt(10, 100, root=root, verify_checksums=False, seed=1)
+    again = build_cifar_lt(10, 100, root=root, verify_checksums=False, seed=0)
+    other = build_cifar_lt(10, 100, root=root, verify_checksums=False, seed=1)
     assert np.array_equal(again.train.source_indices, splits.train.source_indices)
     assert not np.array_equal(other.train.source_indices, splits.train.source_indices)
 
 
 def test_cifar10_lt_step_profile_and_validation(cifar10_root):
     root, source_labels = cifar10_root
-    step = make_cifar_lt(10, 10, "step", root=root, verify_checksums=False, n_max=60, val_per_class=5)
+    step = build_cifar_lt(10, 10, "step", root=root, verify_checksums=False, n_max=60, val_per_class=5)
     assert step.class_counts.tolist() == [60] * 5 + [6] * 5 and len(step.train) == 330
     assert np.bincount(step.val.labels, minlength=10).tolist() == [5] * 10
     assert not set(step.val.source_indices) & set(step.train.source_indices)
     assert np.array_equal(source_labels[step.val.source_indices], step.val.labels)
     with pytest.raises(ValueError, match="class 0 has 10 left after the long tail"):
-        make_cifar_lt(10, 100, root=root, verify_checksums=False, val_per_class=20)
+        build_cifar_lt(10, 100, root=root, verify_checksums=False, val_per_class=20)
     with pytest.raises(ValueError, match="val_per_class must be >= 0"):     # not silently "no validation"
-        make_cifar_lt(10, 100, root=root, verify_checksums=False, val_per_class=-1)
-    assert make_cifar_lt(10, 100, root=root, verify_checksums=False).val is None
+        build_cifar_lt(10, 100, root=root, verify_checksums=False, val_per_class=-1)
+    assert build_cifar_lt(10, 100, root=root, verify_checksums=False).val is None
 
 
 def test_cifar_missing_or_unverified_files(tmp_path, cifar10_root):
     with pytest.raises(FileNotFoundError) as err:
-        make_cifar_lt(10, root=tmp_path)
+        build_cifar_lt(10, root=tmp_path)
     message = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in message
     assert DATASETS["cifar10_lt"].how_to_get in message
     with pytest.raises(FileNotFoundError, match="cifar-100-python"):
         build_dataset("cifar100_lt", root=tmp_path)
     with pytest.raises(ValueError, match="md5.*verify_checksums=False"):  # the fixture is not the official release
-        make_cifar_lt(10, root=cifar10_root[0])
+        build_cifar_lt(10, root=cifar10_root[0])
     with pytest.raises(ValueError, match="num_classes must be 10"):
-        make_cifar_lt(20, root=tmp_path)
+        build_cifar_lt(20, root=tmp_path)
 
 
 def test_cifar100_lt_from_torchvision_layout(tmp_path):
@@ -452,4 +452,4 @@ def test_cifar_truncated_pickle_names_the_folder(tmp_path):
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"cifar-10-batches-py: unreadable CIFAR pickle"):
-        make_cifar_lt(10, 2, root=tmp_path, verify_checksums=False, n_max=2)
+        build_cifar_lt(10, 2, root=tmp_path, verify_checksums=False, n_max=2)

@@ -20,7 +20,7 @@ from ltcore.losses import (
     log_prior,
     logit_adjusted_ce,
     loss_options,
-    make_loss,
+    build_loss,
     posthoc_logit_adjust,
 )
 
@@ -153,7 +153,7 @@ def test_drw_schedule_switches_at_drw_epoch():
 
 def test_make_loss_ldam_drw_follows_schedule(batch):
     logits, targets = batch
-    loss_fn = make_loss("ldam_drw", COUNTS, drw_epoch=2, beta=0.999)
+    loss_fn = build_loss("ldam_drw", COUNTS, drw_epoch=2, beta=0.999)
     ldam = LDAMLoss(COUNTS)
     assert torch.allclose(loss_fn(logits, targets, epoch=1), ldam(logits, targets))
     weighted = ldam(logits, targets, weight=class_balanced_weights(COUNTS, beta=0.999))
@@ -162,7 +162,7 @@ def test_make_loss_ldam_drw_follows_schedule(batch):
     with pytest.raises(ValueError, match="epoch"):
         loss_fn(logits, targets)
     with pytest.raises(ValueError, match="drw_epoch"):
-        make_loss("ldam_drw", COUNTS)
+        build_loss("ldam_drw", COUNTS)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_make_loss_every_name_gives_finite_scalar_with_gradient(batch):
     for name in LOSS_NAMES:
         kwargs = {"drw_epoch": 1} if name == "ldam_drw" else {}
         z = logits.clone().requires_grad_(True)
-        value = make_loss(name, COUNTS, **kwargs)(z, targets, epoch=3)
+        value = build_loss(name, COUNTS, **kwargs)(z, targets, epoch=3)
         assert value.ndim == 0 and torch.isfinite(value), name
         value.backward()
         assert z.grad is not None and torch.isfinite(z.grad).all(), name
@@ -246,30 +246,30 @@ def test_make_loss_every_name_gives_finite_scalar_with_gradient(batch):
 
 def test_make_loss_matches_direct_calls_and_aliases(batch):
     logits, targets = batch
-    assert torch.equal(make_loss("ce", COUNTS, label_smoothing=0.1)(logits, targets),
+    assert torch.equal(build_loss("ce", COUNTS, label_smoothing=0.1)(logits, targets),
                        cross_entropy(logits, targets, label_smoothing=0.1))
-    assert torch.equal(make_loss("focal", COUNTS, gamma=1.0)(logits, targets), focal_loss(logits, targets, gamma=1.0))
-    assert torch.allclose(make_loss("cb_focal", COUNTS, beta=0.99)(logits, targets),
+    assert torch.equal(build_loss("focal", COUNTS, gamma=1.0)(logits, targets), focal_loss(logits, targets, gamma=1.0))
+    assert torch.allclose(build_loss("cb_focal", COUNTS, beta=0.99)(logits, targets),
                           focal_loss(logits, targets, alpha=class_balanced_weights(COUNTS, beta=0.99)))
-    balce = make_loss("balce", COUNTS)(logits, targets)
-    assert torch.equal(balce, make_loss("balanced_softmax", COUNTS)(logits, targets))
-    assert torch.equal(make_loss("lace", COUNTS, tau=0.5)(logits, targets),
+    balce = build_loss("balce", COUNTS)(logits, targets)
+    assert torch.equal(balce, build_loss("balanced_softmax", COUNTS)(logits, targets))
+    assert torch.equal(build_loss("lace", COUNTS, tau=0.5)(logits, targets),
                        logit_adjusted_ce(logits, targets, COUNTS, tau=0.5))
-    assert make_loss("lace", COUNTS).name == "logit_adjusted"
+    assert build_loss("lace", COUNTS).name == "logit_adjusted"
 
 
 def test_make_loss_errors():
     with pytest.raises(ValueError, match="valid names: ce, focal, cb_focal, ldam_drw"):
-        make_loss("crossentropy", COUNTS)
+        build_loss("crossentropy", COUNTS)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['gamma'\]; valid options: tau, label_smoothing"):
-        make_loss("lace", COUNTS, gamma=2.0)
+        build_loss("lace", COUNTS, gamma=2.0)
     with pytest.raises(ValueError, match="class_counts must be positive"):
-        make_loss("ce", [3, 0])
+        build_loss("ce", [3, 0])
     with pytest.raises(ValueError, match="class_counts has 5 entries but logits.shape\\[1\\] is 3"):
-        make_loss("focal", COUNTS)(torch.zeros(2, 3), torch.tensor([0, 1]))
+        build_loss("focal", COUNTS)(torch.zeros(2, 3), torch.tensor([0, 1]))
     assert loss_options("ldam_drw") == ("drw_epoch", "max_margin", "scale", "beta")
     with pytest.raises(TypeError, match="option 'tau' of loss 'lace' must be a number"):
-        make_loss("lace", COUNTS, tau="1")
+        build_loss("lace", COUNTS, tau="1")
 
 
 def test_counts_accept_numpy_and_tensor(batch):

@@ -1,4 +1,4 @@
-"""Tests of ltcore.rac_train: RAC's training recipe on tiny synthetic data (test_resnet, tiny text encoders)."""
+"""Tests of ltcore.rac.train: RAC's training recipe on tiny synthetic data (test_resnet, tiny text encoders)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ltcore.data.datasets import ArrayDataset, LTSplits, RandomCropFlip
-from ltcore.encoders import image_encoder
-from ltcore.rac import fuse_logits, rac_loss
-from ltcore.rac_train import (RACClassifier, RACSettings, build_retrieval_setup, make_rac_classifier,
+from ltcore.rac.encoders import image_encoder
+from ltcore.rac.model import fuse_logits, rac_loss
+from ltcore.rac.train import (RACClassifier, RACSettings, build_retrieval_setup, build_rac_classifier,
                               make_text_encoder, neighbour_tables, retrieval_module, text_embedding_table, train_rac)
 from ltcore.train import TrainConfig
 
@@ -128,7 +128,7 @@ def test_cached_text_embeddings_equal_encoding_each_query():
 def test_cached_and_live_retrieval_give_the_same_logits(raw_setup):
     """Un-augmented data: on-line retrieval (E + search + T on every batch) == precomputed tables + cached T."""
     plain = tiny_splits(augment=False)
-    cached = make_rac_classifier(plain, RACSettings(k=K), setup=raw_setup, backbone="test_resnet")
+    cached = build_rac_classifier(plain, RACSettings(k=K), setup=raw_setup, backbone="test_resnet")
     live = RACClassifier(cached.model)  # the same weights, no tables: retrieval runs on the batch images
     assert cached.text_tables and not live.neighbour_tables
     for split, mode in (("train", "train"), ("test", "eval")):  # training rule on train, evaluation on test
@@ -169,7 +169,7 @@ def test_single_branch_modes(splits, raw_setup, mode, keys):
 
 
 def test_training_step_is_lace_with_label_smoothing_on_the_fused_logits(splits, raw_setup):
-    classifier = make_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, backbone="test_resnet").train()
+    classifier = build_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, backbone="test_resnet").train()
     images, labels, indices = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=8)))
     loss = classifier.training_step(images, labels, indices, lambda *a, **kw: rac_loss(*a[:2], TRAIN_COUNTS), 0)
     fused = classifier(images, indices).fused
@@ -190,7 +190,7 @@ def _one_step(classifier: RACClassifier, dataset) -> None:
 @pytest.mark.parametrize("precompute", [False, True])
 def test_frozen_e_and_frozen_transformer_get_no_gradient(splits, cnn_setup, precompute):
     settings = RACSettings(text_encoder="clip_tiny", k=K, precompute=precompute)
-    classifier = make_rac_classifier(splits, settings, setup=cnn_setup, backbone="test_resnet")
+    classifier = build_rac_classifier(splits, settings, setup=cnn_setup, backbone="test_resnet")
     assert bool(classifier.text_tables) == precompute  # frozen T + precomputed neighbours: cached
     encoder = classifier.model.retrieval.image_encoder
     text = classifier.model.retrieval.text_encoder
@@ -211,7 +211,7 @@ def test_frozen_e_and_frozen_transformer_get_no_gradient(splits, cnn_setup, prec
 
 def test_fine_tuned_transformer_trains_with_its_own_optimizer(splits, cnn_setup):
     settings = RACSettings(text_encoder="clip_tiny", k=K, train_transformer=True)
-    classifier = make_rac_classifier(splits, settings, setup=cnn_setup, backbone="test_resnet")
+    classifier = build_rac_classifier(splits, settings, setup=cnn_setup, backbone="test_resnet")
     assert not classifier.text_tables and classifier.neighbour_tables, "a training T is run on every batch"
     _one_step(classifier, splits.train)
     text = classifier.model.retrieval.text_encoder
@@ -237,7 +237,7 @@ def test_optimizer_choice_and_its_learning_rate(splits, raw_setup):
     assert sgd.train_config(CONFIG) == CONFIG
     assert RACSettings(optimizer="sgd", lr=0.5).train_config(CONFIG).lr == 0.5
     for settings, kind in ((adamw, torch.optim.AdamW), (sgd, torch.optim.SGD)):
-        classifier = make_rac_classifier(splits, settings, setup=raw_setup, backbone="test_resnet")
+        classifier = build_rac_classifier(splits, settings, setup=raw_setup, backbone="test_resnet")
         (optimizer,) = classifier.configure_optimizers(settings.train_config(CONFIG))
         assert isinstance(optimizer, kind)
         trained = {id(p) for p in optimizer.param_groups[0]["params"]}
@@ -248,17 +248,17 @@ def test_optimizer_choice_and_its_learning_rate(splits, raw_setup):
 
 
 def test_head_is_centred_on_the_training_queries(splits, raw_setup):
-    classifier = make_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, backbone="test_resnet")
+    classifier = build_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, backbone="test_resnet")
     head = classifier.model.retrieval.text_encoder.head
     train_table = classifier.text_tables["train"]
     torch.testing.assert_close(head.centre, train_table.mean(0))
     x = classifier.text_tables["test"][:5]
     torch.testing.assert_close(head(x), (x - train_table.mean(0)) @ head.weight.T + head.bias)
-    plain = make_rac_classifier(splits, RACSettings(k=K, centre_text=False), setup=raw_setup, backbone="test_resnet")
+    plain = build_rac_classifier(splits, RACSettings(k=K, centre_text=False), setup=raw_setup, backbone="test_resnet")
     assert type(plain.model.retrieval.text_encoder.head) is torch.nn.Linear
     torch.testing.assert_close(plain.model.retrieval.text_encoder.head.weight, head.weight)  # same seeded init
     # on-line retrieval centres on the same training queries (computed from the un-augmented images)
-    live = make_rac_classifier(splits, RACSettings(k=K, precompute=False), setup=raw_setup, backbone="test_resnet")
+    live = build_rac_classifier(splits, RACSettings(k=K, precompute=False), setup=raw_setup, backbone="test_resnet")
     torch.testing.assert_close(live.model.retrieval.text_encoder.head.centre, head.centre)
 
 
@@ -273,13 +273,13 @@ def test_bad_configurations_are_errors(splits, raw_setup):
     with pytest.raises(ValueError, match="frozen T"):
         RACSettings(text_encoder="minilm", cache_text=True, train_transformer=True)
     with pytest.raises(ValueError, match="mode must be"):
-        make_rac_classifier(splits, mode="ensemble")
+        build_rac_classifier(splits, mode="ensemble")
     with pytest.raises(ValueError, match="needs a RetrievalSetup"):
-        make_rac_classifier(splits, mode="retrieval")
+        build_rac_classifier(splits, mode="retrieval")
 
 
 def test_lookups_name_the_split_and_range(splits, raw_setup):
-    classifier = make_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, mode="retrieval").eval()
+    classifier = build_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, mode="retrieval").eval()
     images = torch.zeros(2, 1, 28, 28)
     with classifier.evaluating_on("open_set"), pytest.raises(KeyError, match="open_set"):
         classifier(images, torch.tensor([0, 1]))

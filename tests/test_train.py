@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ltcore.data import ArrayDataset
-from ltcore.losses import make_loss
-from ltcore.models import PlainClassifier, create_backbone
+from ltcore.losses import build_loss
+from ltcore.models import PlainClassifier, build_backbone
 from ltcore.train import TrainConfig, fit, load_checkpoint, lr_at, predict
 
 
@@ -21,7 +21,7 @@ def toy_dataset(n_per_class=24, seed=0):
 
 def tiny_model():
     torch.manual_seed(0)
-    return PlainClassifier(create_backbone("test_resnet"), 2)
+    return PlainClassifier(build_backbone("test_resnet"), 2)
 
 
 CONFIG = TrainConfig(epochs=3, batch_size=16, lr=0.05, progress=False, device="cpu")
@@ -31,7 +31,7 @@ def test_fit_learns_a_separable_toy_problem():
     data = toy_dataset()
     model = tiny_model()
     config = TrainConfig(epochs=5, batch_size=8, lr=0.05, progress=False, device="cpu")  # enough steps for BN stats
-    history = fit(model, data, make_loss("ce", [24, 24]), config, val_set=data)
+    history = fit(model, data, build_loss("ce", [24, 24]), config, val_set=data)
     assert len(history.epochs) == 5
     assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
     preds = predict(model, data, progress=False)
@@ -47,8 +47,8 @@ def test_lr_schedule_warmup_and_steps():
 def test_same_seed_gives_identical_training():
     data = toy_dataset()
     a, b = tiny_model(), tiny_model()
-    fit(a, data, make_loss("ce", [24, 24]), CONFIG)
-    fit(b, data, make_loss("ce", [24, 24]), CONFIG)
+    fit(a, data, build_loss("ce", [24, 24]), CONFIG)
+    fit(b, data, build_loss("ce", [24, 24]), CONFIG)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
 
@@ -57,11 +57,11 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
     data = toy_dataset()
     path = tmp_path / "run.pt"
     full = tiny_model()
-    fit(full, data, make_loss("ce", [24, 24]), CONFIG)
+    fit(full, data, build_loss("ce", [24, 24]), CONFIG)
     first = tiny_model()
-    fit(first, data, make_loss("ce", [24, 24]), TrainConfig(**{**CONFIG.__dict__, "epochs": 2}), checkpoint_path=path)
+    fit(first, data, build_loss("ce", [24, 24]), TrainConfig(**{**CONFIG.__dict__, "epochs": 2}), checkpoint_path=path)
     resumed = tiny_model()
-    history = fit(resumed, data, make_loss("ce", [24, 24]), CONFIG, checkpoint_path=path, resume=True)
+    history = fit(resumed, data, build_loss("ce", [24, 24]), CONFIG, checkpoint_path=path, resume=True)
     assert [row["epoch"] for row in history.epochs] == [1, 2, 3]
     assert not list(tmp_path.glob("*.tmp"))  # written then renamed into place
     for pa, pb in zip(full.state_dict().values(), resumed.state_dict().values()):
@@ -71,7 +71,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
 def test_truncated_or_foreign_checkpoints_are_clear_errors(tmp_path):
     data = toy_dataset()
     path = tmp_path / "run.pt"
-    fit(tiny_model(), data, make_loss("ce", [24, 24]), TrainConfig(**{**CONFIG.__dict__, "epochs": 1}),
+    fit(tiny_model(), data, build_loss("ce", [24, 24]), TrainConfig(**{**CONFIG.__dict__, "epochs": 1}),
         checkpoint_path=path)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(path.read_bytes()[:200])
@@ -81,7 +81,7 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors(tmp_path):
     torch.save({"weights": 1}, foreign)
     with pytest.raises(ValueError, match="foreign.pt is not an ltcore checkpoint"):
         load_checkpoint(foreign, tiny_model())
-    other = PlainClassifier(create_backbone("test_resnet"), 3)
+    other = PlainClassifier(build_backbone("test_resnet"), 3)
     with pytest.raises(ValueError, match="run.pt does not fit this model"):
         load_checkpoint(path, other)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
@@ -91,9 +91,9 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors(tmp_path):
 def test_empty_datasets_are_clear_errors():
     data, empty = toy_dataset(), ArrayDataset(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="val_set is empty .pass val_set=None"):
-        fit(tiny_model(), data, make_loss("ce", [24, 24]), CONFIG, val_set=empty)
+        fit(tiny_model(), data, build_loss("ce", [24, 24]), CONFIG, val_set=empty)
     with pytest.raises(ValueError, match="train_set is empty"):
-        fit(tiny_model(), empty, make_loss("ce", [24, 24]), CONFIG)
+        fit(tiny_model(), empty, build_loss("ce", [24, 24]), CONFIG)
     with pytest.raises(ValueError, match="predict: the dataset is empty"):
         predict(tiny_model(), empty, progress=False)
 
@@ -106,5 +106,5 @@ def test_diverging_loss_is_reported():
 
 def test_backbones_keep_a_7x7_map_for_28x28_inputs():
     for name in ("test_resnet", "resnet10_tiny"):
-        assert create_backbone(name)(torch.rand(2, 1, 28, 28)).shape[-2:] == (7, 7)
-    assert create_backbone("resnet10", 3)(torch.rand(1, 3, 224, 224)).shape == (1, 512, 7, 7)
+        assert build_backbone(name)(torch.rand(2, 1, 28, 28)).shape[-2:] == (7, 7)
+    assert build_backbone("resnet10", 3)(torch.rand(1, 3, 224, 224)).shape == (1, 512, 7, 7)

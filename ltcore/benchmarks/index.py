@@ -14,7 +14,7 @@ The low intrinsic dimension imitates image embeddings. ``--data isotropic`` inst
 ~ N(0, I_128) with 0.5 N(0, I_128) spread: full intrinsic dimension, the hard case for any graph index
 (reported too, so the choice of data is visible). Both indexes use the cosine metric (the paper's).
 
-Method: both indexes are built with ``ltcore.index.VectorIndex`` (flat = exact inner product on normalised
+Method: both indexes are built with ``ltcore.rac.index.VectorIndex`` (flat = exact inner product on normalised
 vectors; HNSW = L2 on normalised vectors, M = 32, efConstruction = 40). Query throughput = queries / wall
 time over all batches of 256, best of ``--repeats`` runs after a warm-up batch (the machine is shared).
 efSearch is swept (16 = faiss's default, then larger); the smallest efSearch with recall@30 >= 0.95 is the
@@ -32,14 +32,14 @@ import time
 
 import numpy as np
 
-from ltcore.index import HNSW_EF_CONSTRUCTION, HNSW_M, VectorIndex, timed_search
-from ltcore.retrieval_eval import recall_at_k
+from ltcore.rac.index import HNSW_EF_CONSTRUCTION, HNSW_M, VectorIndex, timed_search
+from ltcore.rac.retrieval_eval import recall_at_k
 
 TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 10.0
 
 
-def make_data(kind: str, n: int, queries: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def build_data(kind: str, n: int, queries: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(keys [n, dim], queries [queries, dim]) of the chosen synthetic distribution, seeded (module docstring)."""
     if kind not in ("embedding", "isotropic"):
         raise ValueError(f"unknown data kind {kind!r}: embedding or isotropic")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.n or (20_000 if args.quick else 100_000)
     num_queries = args.queries or (1024 if args.quick else 2560)
 
-    keys, queries = make_data(args.data, n, num_queries, args.dim, args.seed)
+    keys, queries = build_data(args.data, n, num_queries, args.dim, args.seed)
     start = time.perf_counter()
     exact = VectorIndex.build(keys, "flat", threads=args.threads, progress=False)
     flat_build = time.perf_counter() - start

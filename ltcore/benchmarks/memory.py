@@ -1,4 +1,4 @@
-"""Benchmark of the Inflated Episodic Memory (:mod:`ltcore.memory`; IEM paper Section 3.1, 4.2).
+"""Benchmark of the Inflated Episodic Memory (:mod:`ltcore.iem.memory`; IEM paper Section 3.1, 4.2).
 
 Run with ``python -m ltcore bench memory`` (``--quick`` for the small sizes used by tests and
 notebook 02). Everything is measured in one process, methods interleaved round by round and
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from ltcore.config import get_device
-from ltcore.memory import EpisodicMemory
+from ltcore.iem.memory import EpisodicMemory
 
 TARGET_SPEEDUP_VS_LOOP = 30.0
 TARGET_RATIO_VS_FAISS = 1.5

@@ -7,7 +7,7 @@ does increase the training time by a factor of 1.5-2x", and Table 5 (Places365-L
 
 Targets (quick setting): RAC with the bag-of-words T <= 1.2x the base-only step; RAC with a transformer T
 (MiniLM) <= 1.5x. Each row says how T runs ("frozen, cached" = T's transformer frozen and its per-query
-embeddings cached, :mod:`ltcore.rac_train`; "frozen" = run on every batch without gradient; "fine-tuned" = run
+embeddings cached, :mod:`ltcore.rac.train`; "frozen" = run on every batch without gradient; "fine-tuned" = run
 and back-propagated on every batch, the paper's) and where the neighbours come from ("precomputed" = looked
 up by dataset index; "on-line" = E embeds each augmented batch and the HNSW index is searched, the paper's).
 
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from ltcore.config import seed_everything
 from ltcore.data import build_dataset
 from ltcore.paper_tables import RAC_TABLE5
-from ltcore.rac_train import RACClassifier, RACSettings, build_retrieval_setup, make_rac_classifier
+from ltcore.rac.train import RACClassifier, RACSettings, build_retrieval_setup, build_rac_classifier
 from ltcore.train import TrainConfig, optimization_step
 
 TARGETS = {"bow_random": 1.2, "minilm": 1.5}
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     built = []
     for case in cases(args.k, not args.no_finetune):
         started = time.perf_counter()
-        classifier = make_rac_classifier(splits, case.settings, setup=setup, mode=case.mode, seed=args.seed).train()
+        classifier = build_rac_classifier(splits, case.settings, setup=setup, mode=case.mode, seed=args.seed).train()
         optimizers = classifier.configure_optimizers(config)
         one_off = time.perf_counter() - started
         optimization_step(classifier, optimizers, *batches[0], loss_fn, 0)  # warm-up (allocations, tokenizer memo)

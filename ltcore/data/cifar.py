@@ -78,7 +78,7 @@ def load_cifar(num_classes: int = 10, root: Optional[str | os.PathLike] = None, 
         raise FileNotFoundError(
             f"CIFAR-{num_classes} not found under {root}: missing {', '.join(missing)}. Pass root= or set {ENV_VAR} "
             f"or LTCORE_DATA. To get it: {DATASETS[f'cifar{num_classes}_lt'].how_to_get} "
-            "(or make_cifar_lt(..., download=True) here if this machine has internet access)."
+            "(or build_cifar_lt(..., download=True) here if this machine has internet access)."
         )
     arrays = {}
     for split in ("train", "test"):
@@ -102,7 +102,7 @@ def load_cifar(num_classes: int = 10, root: Optional[str | os.PathLike] = None, 
     return arrays
 
 
-def make_cifar_lt(num_classes: int = 10, imbalance_ratio: float = 100.0, profile: str = "exp",
+def build_cifar_lt(num_classes: int = 10, imbalance_ratio: float = 100.0, profile: str = "exp",
                   root: Optional[str | os.PathLike] = None, seed: int = 0, val_per_class: int = 0,
                   download: bool = False, augment: bool = True, n_max: Optional[int] = None,
                   verify_checksums: bool = True) -> LTSplits:

@@ -15,6 +15,9 @@ import torch
 from torch.utils.data import Dataset
 
 
+OPEN_LABEL: int = -1  # label of open-set test samples and prediction of rejected samples
+
+
 class ArrayDataset(Dataset):
     """Images held in memory as a uint8 array.
 
@@ -120,3 +123,10 @@ class RandomCropFlip:
         if self.flip and torch.rand((), generator=self.generator) < 0.5:
             image = image.flip(-1)
         return image
+
+
+def evaluation_view(dataset: Dataset, reference: Dataset) -> Dataset:
+    """``dataset`` with the transform of ``reference`` (the test split): un-augmented training images."""
+    if not hasattr(dataset, "with_transform"):
+        raise TypeError(f"{type(dataset).__name__} has no with_transform(); cannot drop its augmentation")
+    return dataset.with_transform(getattr(reference, "transform", None))

@@ -128,7 +128,7 @@ def fetch_fashion_mnist(root: Optional[str | os.PathLike] = None) -> Path:
     return find_fashion_mnist(root)
 
 
-def make_fashion_mnist_lt(imbalance_ratio: float = 100.0, n_max: int = 1000, profile: str = "exp",
+def build_fashion_mnist_lt(imbalance_ratio: float = 100.0, n_max: int = 1000, profile: str = "exp",
                           val_per_class: int = 20, test_per_class: Optional[int] = None, seed: int = 0,
                           augment: bool = True, root: Optional[str | os.PathLike] = None) -> LTSplits:
     """Fashion-MNIST-LT: long-tailed train split, balanced val (unused train images) and the official test split.

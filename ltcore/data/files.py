@@ -45,7 +45,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
-from ltcore.metrics import OPEN_LABEL
+from ltcore.data.datasets import OPEN_LABEL
 
 
 @dataclass(frozen=True)

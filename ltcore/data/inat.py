@@ -98,7 +98,7 @@ def entries_from_json(data: dict[str, Any], path: Path, label_of: dict[Any, int]
     return [ImageEntry(file_name, label_by_image[image_id], where) for image_id, (file_name, where) in images.items()]
 
 
-def make_inat2018(root: Optional[str | os.PathLike] = None, train_json: str | os.PathLike = "train2018.json",
+def build_inat2018(root: Optional[str | os.PathLike] = None, train_json: str | os.PathLike = "train2018.json",
                   val_json: str | os.PathLike = "val2018.json", transform: Optional[Callable] = None,
                   train_transform: Optional[Callable] = None, image_size: int = 224, resize_size: int = 256,
                   check_files: bool = True) -> LTSplits:

@@ -68,7 +68,7 @@ def find_class_names(benchmark: OLTRBenchmark, split_dir: Path, num_classes: int
     return default_class_names(num_classes)
 
 
-def make_oltr_lt(benchmark: str, root: Optional[str | os.PathLike] = None,
+def build_oltr_lt(benchmark: str, root: Optional[str | os.PathLike] = None,
                  split_dir: Optional[str | os.PathLike] = None, transform: Optional[Callable] = None,
                  train_transform: Optional[Callable] = None, num_classes: Optional[int] = None,
                  image_size: int = 224, resize_size: int = 256, check_files: bool = True,

@@ -16,8 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ltcore.data.datasets import ArrayDataset
-from ltcore.metrics import OPEN_LABEL
+from ltcore.data.datasets import OPEN_LABEL, ArrayDataset
 
 
 def digits_open_set(n: int | None = 1000, size: int = 28, seed: int = 0) -> ArrayDataset:

@@ -1,7 +1,7 @@
 """Pictures of region self-attention: region partitions (IEM Fig. 2) and attention over regions on images.
 
 Paper: Zhu & Yang, CVPR 2020, Section 3.2 (region partition, eq. 13). Regions are int64 [R, 4] rows
-``(top, left, height, width)`` in feature-map cells, as :func:`ltcore.rsa.region_partition` lists them.
+``(top, left, height, width)`` in feature-map cells, as :func:`ltcore.iem.rsa.region_partition` lists them.
 
 Taught in notebook 03, *Region self-attention*.
 """
@@ -23,7 +23,7 @@ TOP_COLORS = ("tab:red", "tab:orange", "gold", "tab:green", "tab:cyan")
 def kernel_groups(regions: Tensor) -> list[tuple[tuple[int, int], Tensor]]:
     """Split a region list [R, 4] into its kernels' groups: [((k_h, k_w), regions [R_k, 4]), ...].
 
-    :func:`ltcore.rsa.region_partition` lists each kernel's regions together, row-major from the top-left
+    :func:`ltcore.iem.rsa.region_partition` lists each kernel's regions together, row-major from the top-left
     corner, in every mode, so a group starts at each region whose corner is (0, 0); its first region is
     never clipped, so its shape is the kernel.
     """

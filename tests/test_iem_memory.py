@@ -1,4 +1,4 @@
-"""Tests of the Inflated Episodic Memory (ltcore.memory; IEM paper Section 3.1, eq. 1-4, Section 4.2)."""
+"""Tests of the Inflated Episodic Memory (ltcore.iem.memory; IEM paper Section 3.1, eq. 1-4, Section 4.2)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ltcore.memory import EpisodicMemory, MemoryOptimizer
+from ltcore.iem.memory import EpisodicMemory, MemoryOptimizer
 
 D = 8
 
@@ -292,7 +292,7 @@ def test_reads_split_into_chunks_equal_unsplit_reads(monkeypatch):
     memory = random_memory(num_classes=8, sizes=(40, 3, 0, 70, 12, 33, 10, 8), top_n=10)
     queries = torch.randn(9, D, generator=torch.Generator().manual_seed(4))
     whole, one_bank = memory.read_all(queries), memory.read(queries, torch.arange(9) % 8)
-    monkeypatch.setattr("ltcore.memory._CHUNK_ELEMENTS", 50)   # a few rows and banks per chunk (small banks: 2 rows)
+    monkeypatch.setattr("ltcore.iem.memory._CHUNK_ELEMENTS", 50)   # a few rows and banks per chunk (small banks: 2 rows)
     torch.testing.assert_close(memory.read_all(queries), whole, atol=1e-6, rtol=0)
     torch.testing.assert_close(memory.read(queries, torch.arange(9) % 8), one_bank, atol=1e-6, rtol=0)
 
@@ -396,7 +396,7 @@ def trained_steps(memory, steps=3):
 def test_step_in_small_chunks_equals_step_in_one_chunk(monkeypatch):
     """step's Adam and fingerprints run in chunks of rows on a CPU: the result is bit-identical."""
     whole = trained_steps(random_memory(lr=1e-2, capacity=30))
-    monkeypatch.setattr("ltcore.memory._CPU_ROW_CHUNK_ELEMENTS", 3 * D)   # 3 keys, or 24 values, per chunk
+    monkeypatch.setattr("ltcore.iem.memory._CPU_ROW_CHUNK_ELEMENTS", 3 * D)   # 3 keys, or 24 values, per chunk
     chunked = trained_steps(random_memory(lr=1e-2, capacity=30))
     assert_same_memory(whole, chunked)
     assert whole._index == chunked._index and whole._slot_key_id == chunked._slot_key_id

@@ -1,4 +1,4 @@
-"""Tests of ltcore.rac: eq. 5 fusion, the retrieval module's self-hit rule, frozen encoders, branch modes."""
+"""Tests of ltcore.rac.model: eq. 5 fusion, the retrieval module's self-hit rule, frozen encoders, branch modes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from ltcore.encoders import image_encoder, text_encoder
-from ltcore.index import VectorIndex
-from ltcore.rac import RACModel, RACOutput, RetrievalModule, fuse_logits, label_texts, rac_loss
+from ltcore.rac.encoders import image_encoder, text_encoder
+from ltcore.rac.index import VectorIndex
+from ltcore.rac.model import RACModel, RACOutput, RetrievalModule, fuse_logits, label_texts, rac_loss
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
 NUM_CLASSES = len(CLASS_NAMES)

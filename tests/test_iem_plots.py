@@ -5,8 +5,8 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from ltcore.plots_rsa import kernel_groups, plot_partition, region_attention_map, uniform_attention_map  # noqa: E402
-from ltcore.rsa import region_kernels, region_partition  # noqa: E402
+from ltcore.iem.plots import kernel_groups, plot_partition, region_attention_map, uniform_attention_map  # noqa: E402
+from ltcore.iem.rsa import region_kernels, region_partition  # noqa: E402
 
 
 def test_kernel_groups_follow_the_kernels_in_order():

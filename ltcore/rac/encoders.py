@@ -88,9 +88,8 @@ from tqdm import tqdm
 from ltcore import paths
 from ltcore.config import progress_disabled
 from ltcore.io import atomic_write
+from ltcore.models import IMAGENET_MEAN_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_FORMAT_VERSION = 1
 
 
@@ -365,8 +364,8 @@ def _timm_preprocessing(model: nn.Module, image_size: int | None) -> Preprocessi
     interpolation = cfg.get("interpolation", "bilinear")
     return Preprocessing(
         image_size=image_size or int(cfg.get("input_size", (3, 224, 224))[-1]),
-        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(cfg.get("std", IMAGENET_STD)),
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN_STD[0])),
+        std=tuple(cfg.get("std", IMAGENET_MEAN_STD[1])),
         interpolation=interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear",
     )
 

@@ -1,4 +1,4 @@
-"""Tests of ltcore.retrieval_eval: 1-NN retrieval accuracy (RAC Sec. 4.4, Table 4) and exact vs HNSW recall."""
+"""Tests of ltcore.rac.retrieval_eval: 1-NN retrieval accuracy (RAC Sec. 4.4, Table 4) and exact vs HNSW recall."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ltcore.data.datasets import ArrayDataset, LTSplits
-from ltcore.encoders import image_encoder
+from ltcore.data.datasets import ArrayDataset, LTSplits, evaluation_view
+from ltcore.rac.encoders import image_encoder
 from ltcore.metrics import shot_accuracy
-from ltcore.retrieval_eval import (
+from ltcore.rac.retrieval_eval import (
     compare_exact_hnsw,
     evaluate_encoder,
-    evaluation_view,
     knn_accuracy,
     nearest_neighbour_labels,
     recall_at_k,

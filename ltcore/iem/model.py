@@ -5,8 +5,8 @@ Recognition", CVPR 2020. Section 3.3 (a global and a local memory, memory warm-u
 eq. 14-16, inference), Section 3.2 (RSA "inserted at the last convolutional block before the
 final classification"), Section 4.2 (memory: top-n 50, capacity 50,000, gamma 0.99, Adam with lr
 1e-5; backbone: SGD, momentum 0.9), Section 4.4 / Table 5 (the ablations "w/o RSA",
-"w/o local memory", "w/o global memory"). The memories are :class:`ltcore.memory.EpisodicMemory`
-(Section 3.1, eq. 1-5), RSA is :class:`ltcore.rsa.RegionSelfAttention` (eq. 6-13).
+"w/o local memory", "w/o global memory"). The memories are :class:`ltcore.iem.memory.EpisodicMemory`
+(Section 3.1, eq. 1-5), RSA is :class:`ltcore.iem.rsa.RegionSelfAttention` (eq. 6-13).
 
 Data flow (``B`` images, ``L`` classes, feature map ``[B, C, H, W]``, ``R`` regions, ``k`` regions kept)::
 
@@ -30,7 +30,7 @@ Interpretations (the paper is under-specified in these places)
 * Local keys. "The region encodings are r_1, ..., r_c, where c is the number of generated regions
   ... pairs of {(r_1, y'[y]), ..., (r_c, y'[y])}, which are appended to local memory block
   sequentially." The region encodings are RSA's Region-Key-Encoding outputs ``g`` (eq. 9, see
-  :mod:`ltcore.rsa`). **Our reading:** writing all ``R`` regions (324 on a 7x7 map with a 3x3
+  :mod:`ltcore.iem.rsa`). **Our reading:** writing all ``R`` regions (324 on a 7x7 map with a 3x3
   maximum) would make every step O(B R); we write the ``k = regions_per_image`` regions with the
   largest attention weight (eq. 13), all with the image's value, in attention order. ``None``
   writes all regions, as the paper does.
@@ -67,7 +67,7 @@ Interpretations (the paper is under-specified in these places)
   per-class probability); :func:`open_set_metrics` thresholds it as it is
   (``ltcore.metrics.open_set_predictions(..., normalized=False)``).
 * Optimizers (4.2): SGD(backbone + RSA + head) and the memories' own lazy Adam
-  (:class:`ltcore.memory.MemoryOptimizer`). The memory lr is ``memory_kwargs["lr"]`` (paper 1e-5).
+  (:class:`ltcore.iem.memory.MemoryOptimizer`). The memory lr is ``memory_kwargs["lr"]`` (paper 1e-5).
 
 Taught in notebook 06, *IEM results*.
 """
@@ -81,13 +81,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcore.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
+from ltcore.iem.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
 from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure, open_set_predictions
-from ltcore.models import create_backbone
-from ltcore.rsa import RegionSelfAttention, region_partition, region_sums
+from ltcore.models import build_backbone
+from ltcore.iem.rsa import RegionSelfAttention, region_partition, region_sums
 from ltcore.train import TrainConfig, call_loss, default_optimizers
 
-__all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "check_memory_fits", "create_iem",
+__all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "check_memory_fits", "build_iem",
            "hard_negatives", "open_set_metrics"]
 
 # Table 5's rows: ablation key -> (method name, switches turned off).
@@ -98,7 +98,7 @@ ABLATIONS: dict[Optional[str], tuple[str, dict]] = {
     "no_global": ("w/o global memory", {"use_global_memory": False}),
 }
 
-# Named sizes, all built by create_iem. The paper gives neither the RSA key width nor the largest
+# Named sizes, all built by build_iem. The paper gives neither the RSA key width nor the largest
 # region nor how many regions reach the local memory: those are our choices (see the docstring).
 IEM_VARIANTS: dict[str, dict] = {
     # Unit tests: [B, 16, 7, 7] maps, 2x2 regions (R = 169), tiny banks.
@@ -222,7 +222,7 @@ class IEMClassifier(nn.Module):
         name -> ``slots``, ``device_bytes``, ``host_bytes``.
 
         Every step writes its batch (warm-up included): one key per image to the global memory,
-        ``regions_per_image`` to the local one; see :func:`ltcore.memory.projected_bank_sizes`.
+        ``regions_per_image`` to the local one; see :func:`ltcore.iem.memory.projected_bank_sizes`.
         Taught in notebook 06, *IEM results*.
         """
         projection = {}
@@ -396,7 +396,7 @@ def check_memory_fits(projection: dict[str, dict], device: torch.device | str) -
                           "regions_per_image or the number of epochs")
 
 
-def create_iem(variant: str = "tiny", num_classes: int = 10, ablation: Optional[str] = None, in_chans: int = 1,
+def build_iem(variant: str = "tiny", num_classes: int = 10, ablation: Optional[str] = None, in_chans: int = 1,
                **overrides) -> IEMClassifier:
     """Build IEM or one of Table 5's ablations from a named size (:data:`IEM_VARIANTS`).
 
@@ -418,8 +418,8 @@ def create_iem(variant: str = "tiny", num_classes: int = 10, ablation: Optional[
     clash = sorted(set(switches) & set(settings))
     if clash:
         raise ValueError(f"ablation {ablation!r} sets {clash} itself; do not override them")
-    backbone = create_backbone(settings.pop("backbone"), in_chans)
+    backbone = build_backbone(settings.pop("backbone"), in_chans)
     try:
         return IEMClassifier(backbone, num_classes, **switches, **settings)
     except TypeError as exc:  # an unknown override
-        raise ValueError(f"create_iem: {exc}") from exc
+        raise ValueError(f"build_iem: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Tests for ltcore.iem: the IEM classifier of Zhu & Yang, CVPR 2020, Section 3.3 (warm-up, eq. 14-16,
+"""Tests for ltcore.iem.model: the IEM classifier of Zhu & Yang, CVPR 2020, Section 3.3 (warm-up, eq. 14-16,
 inference) and the ablations of Section 4.4 / Table 5, on the tiny "test" variant."""
 from __future__ import annotations
 
@@ -10,22 +10,22 @@ import torch
 import torch.nn.functional as F
 
 from ltcore.data import ArrayDataset
-from ltcore.iem import ABLATIONS, IEMClassifier, check_memory_fits, create_iem, hard_negatives, open_set_metrics
-from ltcore.losses import make_loss
-from ltcore.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
+from ltcore.iem.model import ABLATIONS, IEMClassifier, check_memory_fits, build_iem, hard_negatives, open_set_metrics
+from ltcore.losses import build_loss
+from ltcore.iem.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
 from ltcore.metrics import open_set_predictions
-from ltcore.models import create_backbone
+from ltcore.models import build_backbone
 from ltcore.train import TrainConfig, fit, predict
 
 NUM_CLASSES = 3
 BATCH = 6
 K = 2  # regions per image of the "test" variant
-CE = make_loss("ce", [10] * NUM_CLASSES)
+CE = build_loss("ce", [10] * NUM_CLASSES)
 
 
 def make_model(ablation=None, **overrides) -> IEMClassifier:
     torch.manual_seed(0)
-    return create_iem("test", NUM_CLASSES, ablation=ablation, **overrides)
+    return build_iem("test", NUM_CLASSES, ablation=ablation, **overrides)
 
 
 def batch(seed: int = 0, n: int = BATCH):
@@ -224,7 +224,7 @@ def test_one_fit_epoch_after_warmup_writes_to_the_memories_within_capacity():
     data = toy_dataset()  # 12 images per class, 2 epochs -> 24 global, 48 local writes per class
     model = make_model()
     config = TrainConfig(epochs=2, batch_size=8, lr=0.05, progress=False, device="cpu")
-    history = fit(model, data, make_loss("ce", [12] * NUM_CLASSES), config)
+    history = fit(model, data, build_loss("ce", [12] * NUM_CLASSES), config)
     assert len(history.epochs) == 2 and all(np.isfinite(row["loss"]) for row in history.epochs)
     capacity = model.global_memory.capacity
     assert model.global_memory.bank_sizes().tolist() == [24] * 3           # below capacity 32
@@ -244,7 +244,7 @@ def test_projected_memory_is_what_training_leaves_in_the_banks():
     data, counts = ArrayDataset(full.images[keep], full.labels[keep]), [12, 5, 2]
     model = make_model()
     projection = model.projected_memory(counts, epochs=2)
-    fit(model, data, make_loss("ce", counts), TrainConfig(epochs=2, batch_size=8, lr=0.05, progress=False, device="cpu"))
+    fit(model, data, build_loss("ce", counts), TrainConfig(epochs=2, batch_size=8, lr=0.05, progress=False, device="cpu"))
     for name, memory in model.memories.items():
         k = 1 if name == "global" else K
         assert memory.bank_sizes().tolist() == projected_bank_sizes(counts, 2, k, memory.capacity).tolist()
@@ -294,13 +294,13 @@ def test_forward_logits_average_the_classifier_and_the_memories():
 def test_state_dict_round_trip_gives_identical_predictions():
     data = toy_dataset()
     model = make_model()
-    fit(model, data, make_loss("ce", [12] * NUM_CLASSES),
+    fit(model, data, build_loss("ce", [12] * NUM_CLASSES),
         TrainConfig(epochs=2, batch_size=8, lr=0.05, progress=False, device="cpu"))
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
     torch.manual_seed(123)
-    restored = create_iem("test", NUM_CLASSES)
+    restored = build_iem("test", NUM_CLASSES)
     restored.load_state_dict(torch.load(buffer, weights_only=False))
     first, second = predict(model, data, progress=False), predict(restored, data, progress=False)
     assert set(first) == set(second)
@@ -322,17 +322,17 @@ def test_unnormalized_thresholding_matches_the_oltr_rule_on_probabilities():
 
 def test_bad_configurations_and_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="variant"):
-        create_iem("huge", NUM_CLASSES)
+        build_iem("huge", NUM_CLASSES)
     with pytest.raises(ValueError, match="ablation"):
-        create_iem("test", NUM_CLASSES, ablation="no_memory")
+        build_iem("test", NUM_CLASSES, ablation="no_memory")
     with pytest.raises(ValueError, match="sets \\['use_rsa'\\]"):
-        create_iem("test", NUM_CLASSES, ablation="no_rsa", use_rsa=True)
+        build_iem("test", NUM_CLASSES, ablation="no_rsa", use_rsa=True)
     with pytest.raises(ValueError, match="at least one memory"):
-        IEMClassifier(create_backbone("test_resnet"), NUM_CLASSES, use_global_memory=False, use_local_memory=False)
-    with pytest.raises(ValueError, match="create_iem"):
-        create_iem("test", NUM_CLASSES, colour="red")
+        IEMClassifier(build_backbone("test_resnet"), NUM_CLASSES, use_global_memory=False, use_local_memory=False)
+    with pytest.raises(ValueError, match="build_iem"):
+        build_iem("test", NUM_CLASSES, colour="red")
     with pytest.raises(ValueError, match="regions_per_image"):
-        create_iem("test", NUM_CLASSES, regions_per_image=0)
+        build_iem("test", NUM_CLASSES, regions_per_image=0)
     too_many = make_model(regions_per_image=500)  # the 7x7 map has 169 regions of at most 2x2
     with pytest.raises(ValueError, match="exceeds the 169 regions"):
         too_many.encode(batch()[0])

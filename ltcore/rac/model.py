@@ -54,8 +54,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ltcore.config import progress_disabled
-from ltcore.encoders import ImageEncoder, TextEncoder
-from ltcore.index import VectorIndex
+from ltcore.rac.encoders import ImageEncoder, TextEncoder
+from ltcore.rac.index import VectorIndex
 
 DROP_RULES = ("first", "id", "none")
 RAC_MODES = ("rac", "base", "retrieval")

@@ -4,16 +4,16 @@ Paper: Long et al., "Retrieval Augmented Classification for Long-Tail Visual Rec
 Sec. 3.2 (LACE, tau = 1, label smoothing), Sec. 3.3 (two branches, "trained under a common LACE loss", eq. 5),
 Sec. 3.4 (frozen E, HNSW with M = 32, "we drop the first result"), Sec. 4.3 / Table 3 (Retrieval / Base / RAC),
 Sec. 4.5 / Fig. 4 (text encoders), Sec. 4.6 / Fig. 3 (k), Sec. 4.8 / Table 5 (training time). The parts are in
-:mod:`ltcore.rac` (eq. 5, the retrieval module, the loss), :mod:`ltcore.encoders` (E, T) and :mod:`ltcore.index`;
+:mod:`ltcore.rac.model` (eq. 5, the retrieval module, the loss), :mod:`ltcore.rac.encoders` (E, T) and :mod:`ltcore.rac.index`;
 this module wires them into the shared trainer :func:`ltcore.train.fit` so that notebooks stay thin.
 
 The recipe
 ----------
 1. :func:`build_retrieval_setup`: E (default ``image_encoder("efficientnet_lite0")`` at ``image_size`` 64 px, a
    CPU-sized choice) embeds the *un-augmented* images of every split once (cached on disk by
-   :func:`ltcore.encoders.embed_dataset`); the training embeddings are the keys of an HNSW index (M = 32, cosine);
+   :func:`ltcore.rac.encoders.embed_dataset`); the training embeddings are the keys of an HNSW index (M = 32, cosine);
    the index texts are the class names of the training labels ("which may be labels", Sec. 3.4).
-2. :func:`make_rac_classifier`: ``RACModel(base=PlainClassifier(create_backbone(backbone)), retrieval, L, mode)``
+2. :func:`build_rac_classifier`: ``RACModel(base=PlainClassifier(build_backbone(backbone)), retrieval, L, mode)``
    in mode "rac" | "base" | "retrieval" (Table 3's rows), wrapped in :class:`RACClassifier`, which gives the
    trainer its hooks (``training_step``, ``predict_step``, ``configure_optimizers``) and looks retrieval results
    up by the dataset index of each item (the trainer's batches are ``(image, label, index)``).
@@ -45,8 +45,8 @@ Readings and shortcuts (each a setting of :class:`RACSettings`)
   T runs on every batch and its transformer is fine-tuned, with its own AdamW optimizer at the paper's
   Places365-LT settings (lr 5e-5, weight decay 0.02, Tables S6-S7, constant) while the base branch and T's
   head keep the main optimizer and the trainer's schedule. The bag-of-words T ("Rand.") has no transformer: the flag does not apply to it.
-* **Loss**: "The two branches are trained under a common LACE loss" (Sec. 3.3): ``make_loss("lace", ...)`` (the
-  arithmetic of :func:`ltcore.rac.rac_loss`) on the fused logits, tau = 1 ("setting tau = 1", Sec. 3.2), label smoothing 0.1 (Table S7). In "base" and "retrieval"
+* **Loss**: "The two branches are trained under a common LACE loss" (Sec. 3.3): ``build_loss("lace", ...)`` (the
+  arithmetic of :func:`ltcore.rac.model.rac_loss`) on the fused logits, tau = 1 ("setting tau = 1", Sec. 3.2), label smoothing 0.1 (Table S7). In "base" and "retrieval"
   modes the fused logits are that branch's own, so *Base* is the plain classifier under LACE with label
   smoothing, the paper's "primary baseline" (Sec. 4.3).
 * **Optimiser**: AdamW, the paper's ("We finetune with AdamW [35] instead of SGD", App. B; weight decay 0.02,
@@ -85,16 +85,15 @@ import torch
 from torch import Tensor, nn
 
 from ltcore.config import seed_everything
-from ltcore.data.datasets import LTSplits
-from ltcore.encoders import ImageEncoder, TextEncoder, embed_dataset, image_encoder, text_encoder
+from ltcore.data.datasets import LTSplits, evaluation_view
+from ltcore.rac.encoders import ImageEncoder, TextEncoder, embed_dataset, image_encoder, text_encoder
 from ltcore.experiments import evaluate
-from ltcore.index import VectorIndex
-from ltcore.losses import make_loss
-from ltcore.models import PlainClassifier, create_backbone
-from ltcore.rac import (DROP_RULES, PAPER_K, RAC_MODES, RACModel, RACOutput, RetrievalModule,
+from ltcore.rac.index import VectorIndex
+from ltcore.losses import build_loss
+from ltcore.models import PlainClassifier, build_backbone
+from ltcore.rac.model import (DROP_RULES, PAPER_K, RAC_MODES, RACModel, RACOutput, RetrievalModule,
                         label_texts)
 from ltcore.results import shot_row
-from ltcore.retrieval_eval import evaluation_view
 from ltcore.train import TrainConfig, fit, predict
 
 DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"
@@ -112,10 +111,10 @@ ADAMW_WEIGHT_DECAY = 0.02  # Table S7
 class RACSettings:
     """How the retrieval branch is built and trained (module docstring for each reading).
 
-    text_encoder:      T's name for :func:`ltcore.encoders.text_encoder` ("bow_random", "minilm", "clip", ...).
+    text_encoder:      T's name for :func:`ltcore.rac.encoders.text_encoder` ("bow_random", "minilm", "clip", ...).
     text_options:      extra keyword arguments for T (e.g. ``{"pretrained": "/path/clip.safetensors"}``).
     k:                 texts retrieved per query (paper: 30).
-    drop_self:         the training-time self-hit rule of :class:`ltcore.rac.RetrievalModule`.
+    drop_self:         the training-time self-hit rule of :class:`ltcore.rac.model.RetrievalModule`.
     precompute:        neighbours of the un-augmented images computed once (True) or on-line from each batch.
     train_transformer: fine-tune T's transformer (the paper) or train only T's head (quick default).
     cache_text:        cache T's per-query embeddings: None = whenever possible (T frozen and neighbours
@@ -169,7 +168,7 @@ class RACSettings:
 
     def loss(self, class_counts: Sequence[int]):
         """The common LACE loss of both branches (Sec. 3.3) with this tau and label smoothing, for ``fit``."""
-        return make_loss("lace", class_counts, tau=self.tau, label_smoothing=self.label_smoothing)
+        return build_loss("lace", class_counts, tau=self.tau, label_smoothing=self.label_smoothing)
 
     def train_config(self, config: TrainConfig) -> TrainConfig:
         """``config`` with this optimizer's lr and weight decay (the schedule, epochs and batch size are kept)."""
@@ -361,7 +360,7 @@ class RACClassifier(nn.Module):
         self.transformer_lr = float(transformer_lr)
         self.transformer_weight_decay = float(transformer_weight_decay)
         self.eval_split = "test"
-        self.retrieval_seconds = 0.0  # set by make_rac_classifier: precomputing neighbours and text embeddings
+        self.retrieval_seconds = 0.0  # set by build_rac_classifier: precomputing neighbours and text embeddings
         self._check_tables()
 
     def _check_tables(self) -> None:
@@ -464,7 +463,7 @@ def t_mode(settings: RACSettings, cached: bool) -> str:
     return "frozen, cached" if cached else "frozen"
 
 
-def make_rac_classifier(
+def build_rac_classifier(
     splits: LTSplits,
     settings: RACSettings = RACSettings(),
     *,
@@ -486,7 +485,7 @@ def make_rac_classifier(
     base = None
     if mode != "retrieval":
         in_chans = splits.train[0][0].shape[0]
-        base = PlainClassifier(create_backbone(backbone, in_chans), splits.num_classes)
+        base = PlainClassifier(build_backbone(backbone, in_chans), splits.num_classes)
     retrieval, tables, cached = None, {}, {}
     started = time.perf_counter()
     if mode != "base":
@@ -538,7 +537,7 @@ def train_rac(
     prediction, as in :func:`ltcore.experiments.train_baseline`; ``retrieval_seconds`` is this run's one-off
     precomputation (the set-up's embedding and indexing time is ``setup.seconds``).
     """
-    classifier = make_rac_classifier(splits, settings, setup=setup, mode=mode, backbone=backbone, seed=config.seed)
+    classifier = build_rac_classifier(splits, settings, setup=setup, mode=mode, backbone=backbone, seed=config.seed)
     loss_fn = settings.loss(splits.class_counts)
     tables = classifier.neighbour_tables
     val_set = splits.val if splits.val is not None and (not tables or "val" in tables) else None

@@ -1,4 +1,4 @@
-"""Tests of ltcore.index: the faiss k-NN index of RAC's retrieval module (Sec. 3.4, App. A.2)."""
+"""Tests of ltcore.rac.index: the faiss k-NN index of RAC's retrieval module (Sec. 3.4, App. A.2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from ltcore.index import VectorIndex, faiss_threads, l2_normalise
+from ltcore.rac.index import VectorIndex, faiss_threads, l2_normalise
 
 
 def clustered(n: int, dim: int, clusters: int = 10, seed: int = 0) -> np.ndarray:

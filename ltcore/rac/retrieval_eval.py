@@ -41,9 +41,9 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ltcore.data.datasets import LTSplits
-from ltcore.encoders import ImageEncoder, embed_dataset
-from ltcore.index import HNSW_M, VectorIndex, timed_search
+from ltcore.data.datasets import LTSplits, evaluation_view
+from ltcore.rac.encoders import ImageEncoder, embed_dataset
+from ltcore.rac.index import HNSW_M, VectorIndex, timed_search
 from ltcore.metrics import ShotAccuracy, shot_accuracy
 from ltcore.results import shot_row
 
@@ -86,7 +86,7 @@ def nearest_neighbour_labels(
 ) -> np.ndarray:
     """Label of each query's nearest training key: train [N, D], labels [N], queries [Q, D] -> [Q] int64.
 
-    ``index_kind`` / ``metric`` / ``index_options`` as :class:`ltcore.index.VectorIndex` (default: the
+    ``index_kind`` / ``metric`` / ``index_options`` as :class:`ltcore.rac.index.VectorIndex` (default: the
     paper's exact l2 index).
     """
     keys = _as_matrix(train_embeddings, "train_embeddings")
@@ -148,13 +148,6 @@ class EncoderRetrieval:
             image_size=self.image_size, dim=int(self.train_embeddings.shape[1]),
             encode_seconds=round(self.encode_seconds, 2), index_seconds=round(self.index_seconds, 2),
         )
-
-
-def evaluation_view(dataset: Dataset, reference: Dataset) -> Dataset:
-    """``dataset`` with the transform of ``reference`` (the test split): un-augmented training images."""
-    if not hasattr(dataset, "with_transform"):
-        raise TypeError(f"{type(dataset).__name__} has no with_transform(); cannot drop its augmentation")
-    return dataset.with_transform(getattr(reference, "transform", None))
 
 
 def evaluate_encoder(

@@ -1,4 +1,4 @@
-"""Tests for ltcore.rsa: region partition (Fig. 2), summed-area statistics (eq. 6-7, 12)
+"""Tests for ltcore.iem.rsa: region partition (Fig. 2), summed-area statistics (eq. 6-7, 12)
 and region self-attention (eq. 8-13) of Zhu & Yang, CVPR 2020, Section 3.2."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ltcore.rsa import (
+from ltcore.iem.rsa import (
     RSAOutput,
     RegionSelfAttention,
     build_rsa,

@@ -1,4 +1,4 @@
-"""Tests of ltcore.encoders: RAC's frozen image encoder E and text encoders T (Sec. 3.3-3.4, 4.4-4.5)."""
+"""Tests of ltcore.rac.encoders: RAC's frozen image encoder E and text encoders T (Sec. 3.3-3.4, 4.4-4.5)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import timm
 import torch
 
-from ltcore import encoders
-from ltcore.encoders import (
+from ltcore.models import IMAGENET_MEAN_STD
+from ltcore.rac import encoders
+from ltcore.rac.encoders import (
     TINY_CLIP_OVERRIDES,
     OpenCLIPTextEncoder,
     Preprocessing,
@@ -31,7 +32,7 @@ TABBY_CAT, ESPRESSO = 281, 967  # ImageNet-1k class ids
 def imagenet_photos() -> torch.Tensor:
     """scikit-image's chelsea (a tabby cat) and coffee (an espresso) as [2, 3, 224, 224], ImageNet eval crop."""
     skimage_data = pytest.importorskip("skimage.data")
-    preprocessing = Preprocessing(224, encoders.IMAGENET_MEAN, encoders.IMAGENET_STD, crop_pct=0.875)
+    preprocessing = Preprocessing(224, *IMAGENET_MEAN_STD, crop_pct=0.875)
     photos = [skimage_data.chelsea(), skimage_data.coffee()]
     return torch.cat([preprocessing(torch.from_numpy(p).permute(2, 0, 1)[None].float() / 255) for p in photos])
 
