@@ -1,16 +1,27 @@
-"""Command line: ``python -m ltcore {reproduce,bench,data}``.
+"""Command line: ``python -m ltcore {reproduce,bench,data,readme}``.
 
 - ``reproduce --profile quick|full [--inplace] [--only 01 03] [-p NAME VALUE]``: run the notebooks headless.
 - ``bench memory|index|rac [args]``: the speed benchmarks (ratios measured in one run).
 - ``data fetch NAME`` / ``data list``: install or locate a dataset.
 - ``readme``: rewrite the README's results tables from ``results/*.json``.
+
+A mistake on the command line (an unknown profile, notebook or parameter, ``--jobs 0``) prints one
+line naming it and exits with status 2, before anything runs.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import importlib
+import pkgutil
 import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``prog: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _literal(text: str):
@@ -20,39 +31,63 @@ def _literal(text: str):
         return text
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m ltcore", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def benchmark_names() -> list[str]:
+    import ltcore.benchmarks
+
+    return sorted(module.name for module in pkgutil.iter_modules(ltcore.benchmarks.__path__))
+
+
+def build_parser() -> OneLineParser:
+    from ltcore.reproduce import PROFILES
+
+    parser = OneLineParser(prog="python -m ltcore", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run every notebook headless with papermill")
-    rep.add_argument("--profile", default="quick")
+    rep.add_argument("--profile", default="quick", choices=list(PROFILES))
     rep.add_argument("--output-dir", default=None)
-    rep.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 04")
+    rep.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
+                     help="notebook name prefixes, e.g. 01 04")
     rep.add_argument("--inplace", action="store_true", help="write the executed notebooks back to notebooks/")
-    rep.add_argument("--jobs", type=int, default=2, help="notebooks run at the same time (one thread each)")
+    rep.add_argument("--jobs", type=_positive_int, default=2, help="notebooks run at the same time (one thread each)")
     rep.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a parameter in every notebook run")
     bench = sub.add_parser("bench", help="speed benchmarks")
-    bench.add_argument("name", help="memory, index or rac")
+    bench.add_argument("name", choices=benchmark_names(), help="memory, index or rac")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("readme", help="rewrite the README's results tables from results/*.json")
     data = sub.add_parser("data", help="datasets")
     data.add_argument("action", choices=["fetch", "list"])
     data.add_argument("name", nargs="?", default="fashion_mnist")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.command == "reproduce":
-        from ltcore.reproduce import reproduce
+        from ltcore.reproduce import plan_runs, run_plans
 
         extra = {name: _literal(value) for name, value in args.parameter}
-        reproduce(args.profile, args.output_dir, args.only, args.inplace, extra, args.jobs)
-    elif args.command == "bench":
         try:
-            module = importlib.import_module(f"ltcore.benchmarks.{args.name}")
-        except ModuleNotFoundError:
-            parser.error(f"unknown benchmark {args.name!r}; see ltcore/benchmarks/")
-        module.main(args.args)
+            plan = plan_runs(args.profile, args.output_dir, args.only, args.inplace, extra)
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            parser.error(exc.args[0] if exc.args else str(exc))
+        run_plans(plan, args.jobs)
+    elif args.command == "bench":
+        importlib.import_module(f"ltcore.benchmarks.{args.name}").main(args.args)
     elif args.command == "readme":
         from ltcore.readme import update_readme
 

@@ -27,7 +27,7 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
                 low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite ``float`` in the interval ``low .. high`` (open ends where asked)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) \
+            or not _finite(value) \
             or (low is not None and (value <= low if low_open else value < low)) \
             or (high is not None and (value >= high if high_open else value > high)):
         raise ValueError(f"{name} must be a finite number{_bounds(low, high, low_open, high_open)}, got {value!r}")
@@ -36,7 +36,11 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
 
 def check_choice(name: str, value: Any, choices: Collection) -> Any:
     """``value`` if it is one of ``choices``."""
-    if value not in choices:
+    try:
+        known = value in choices
+    except TypeError:  # an unhashable value asked of a set or dict
+        known = False
+    if not known:
         raise ValueError(f"{name} must be one of {sorted(map(str, choices))}, got {value!r}")
     return value
 
@@ -44,7 +48,10 @@ def check_choice(name: str, value: Any, choices: Collection) -> Any:
 def check_labels(labels: Any, num_classes: int, length: int | None = None, name: str = "labels",
                  device: torch.device | str | None = None) -> Tensor:
     """Integer class labels in ``[0, num_classes)`` as a long tensor of shape ``[length]``."""
-    labels = torch.as_tensor(labels)
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be an integer tensor, got {type(labels).__name__}") from None
     if labels.dim() != 1 or (length is not None and len(labels) != length) \
             or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         expected = f"[{length}]" if length is not None else "[B]"
@@ -54,6 +61,13 @@ def check_labels(labels: Any, num_classes: int, length: int | None = None, name:
         raise ValueError(f"{name} must lie in [0, {num_classes}), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     return labels.to(device=device, dtype=torch.long)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def _bounds(low, high, low_open: bool, high_open: bool) -> str:

@@ -2,6 +2,8 @@
 
 ``override(config, {"lr": 0.05})`` returns a copy; an unknown key or a value of
 the wrong type is an error naming the key (nanoGPT's configurator, labml's Configs).
+:func:`ltcore.train.fit` reads the settings saved in a checkpoint through it, so a
+damaged or foreign file is refused key by key before a run is resumed.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any, Mapping, TypeVar
 
 import numpy as np
 import torch
+
+from ltcore.checks import check_int
 
 C = TypeVar("C")
 
@@ -55,13 +59,28 @@ def _same_kind(current: Any, value: Any) -> bool:
 def get_device(preference: str = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple's MPS, then the CPU; anything else is passed to ``torch.device``.
 
-    ``LTCORE_DEVICE`` overrides ``"auto"``.
+    ``LTCORE_DEVICE`` overrides ``"auto"``. A device this machine does not have is an error naming
+    who asked for it (the argument or the variable), never a later failure elsewhere.
     """
-    preference = os.environ.get("LTCORE_DEVICE", preference) if preference == "auto" else preference
+    asked_by = "device"
+    if preference == "auto" and "LTCORE_DEVICE" in os.environ:
+        preference, asked_by = os.environ["LTCORE_DEVICE"], "LTCORE_DEVICE"
     if preference != "auto":
-        device = torch.device(preference)
+        try:
+            device = torch.device(preference)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{asked_by} {preference!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' "
+                             f"or 'mps'") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {preference!r} requested but CUDA is not available")
+            raise RuntimeError(f"{asked_by} {preference!r} requested but CUDA is not available on this machine; "
+                               f"use 'cpu' or 'auto'")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"{asked_by} {preference!r} requested but this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                         and torch.backends.mps.is_available()):
+            raise RuntimeError(f"{asked_by} {preference!r} requested but MPS is not available on this machine; "
+                               f"use 'cpu' or 'auto'")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -72,6 +91,7 @@ def get_device(preference: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; returns a torch Generator for data order."""
+    seed = check_int("seed", seed, 0, 2**32 - 1)  # NumPy's range
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

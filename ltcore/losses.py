@@ -40,9 +40,10 @@ Choices and readings
   unweighted p_t of Lin et al.)
 * CB-focal here is softmax focal loss with class-balanced alpha; Cui et al.'s CB-focal is sigmoid-based.
 * Every class count must be >= 1: log 0 (LACE, balanced softmax) and 1 - beta^0 = 0 (class-balanced
-  weights) are undefined, so a zero count is an error rather than a silent inf.
+  weights) are undefined, so a zero count is an error rather than a silent inf. Every float setting (tau,
+  gamma, beta, max_margin, scale, label_smoothing) must be finite (``ltcore.checks.check_float``).
 
-Taught in notebook 01, *Baselines* (notebook number to be confirmed by the lead).
+Taught in notebook 01, *Baselines*.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ltcore.checks import check_choice, check_float, check_int
 
 CountsLike = Union[np.ndarray, torch.Tensor, Sequence[int]]
 _REDUCTIONS = ("mean", "sum", "none")
@@ -118,8 +121,7 @@ def _per_class_vector(values: Any, name: str, logits: torch.Tensor) -> torch.Ten
 
 
 def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(_REDUCTIONS)}")
+    check_choice("reduction", reduction, _REDUCTIONS)
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -142,8 +144,7 @@ def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999) -> to
 
     class_counts: (C,) -> (C,) float32. beta = 0 gives all ones; beta -> 1 approaches inverse frequency.
     """
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must lie in [0, 1), got {beta}")
+    beta = check_float("beta", beta, 0.0, 1.0, high_open=True)
     counts = _as_counts(class_counts)
     effective_num = (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts)) / (1.0 - beta)  # E_n
     weights = 1.0 / effective_num
@@ -152,8 +153,7 @@ def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999) -> to
 
 def ldam_margins(class_counts: CountsLike, max_margin: float = 0.5) -> torch.Tensor:
     """Cao et al. margins m_c proportional to n_c^{-1/4}, the largest equal to max_margin. (C,) -> (C,) float32."""
-    if max_margin <= 0:
-        raise ValueError(f"max_margin must be positive, got {max_margin}")
+    max_margin = check_float("max_margin", max_margin, 0.0, low_open=True)
     inv_quartic = _as_counts(class_counts).pow(-0.25)
     return (inv_quartic * (max_margin / inv_quartic.max())).to(torch.float32)
 
@@ -164,10 +164,8 @@ def drw_weights(
     """Deferred re-weighting schedule (Cao et al. Alg. 1): None (unweighted) for epoch < drw_epoch, then the
     class-balanced weights. Epochs count from 0 as in Cao et al.'s code (``epoch // 160`` picks beta from
     [0, 0.9999]), so weights apply from epoch == drw_epoch on. Call once per epoch from the trainer."""
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-    if isinstance(drw_epoch, bool) or not isinstance(drw_epoch, (int, np.integer)) or drw_epoch < 0:
-        raise ValueError(f"drw_epoch must be a non-negative int, got {drw_epoch!r}")
+    epoch, drw_epoch = check_int("epoch", epoch, 0), check_int("drw_epoch", drw_epoch, 0)
+    check_float("beta", beta, 0.0, 1.0, high_open=True)
     if epoch < drw_epoch:
         _as_counts(class_counts)  # validate even when unused, so a bad config fails at epoch 0
         return None
@@ -190,8 +188,7 @@ def cross_entropy(
     """
     _check_logits_targets(logits, targets)
     _check_reduction(reduction)
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+    label_smoothing = check_float("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     weight_vec = None if weight is None else _per_class_vector(weight, "weight", logits)
     return F.cross_entropy(
         logits, targets.long(), weight=weight_vec, label_smoothing=label_smoothing, reduction=reduction
@@ -211,8 +208,7 @@ def focal_loss(
     """
     _check_logits_targets(logits, targets)
     _check_reduction(reduction)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    gamma = check_float("gamma", gamma, 0.0)
     log_p_target = F.log_softmax(logits, dim=1).gather(1, targets.long()[:, None]).squeeze(1)  # (N, 1) -> (N,)
     modulating = (1.0 - log_p_target.exp()).clamp_min(0.0).pow(gamma)  # clamp: p may round to 1 + eps
     per_sample = -modulating * log_p_target  # (N,)
@@ -232,9 +228,7 @@ class LDAMLoss(nn.Module):
 
     def __init__(self, class_counts: CountsLike, max_margin: float = 0.5, scale: float = 30.0) -> None:
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        self.scale = float(scale)
+        self.scale = check_float("scale", scale, 0.0, low_open=True)
         self.register_buffer("margins", ldam_margins(class_counts, max_margin=max_margin))
 
     def forward(
@@ -275,6 +269,7 @@ def logit_adjusted_ce(
     """
     _check_logits_targets(logits, targets)
     _as_counts(class_counts, logits.shape[1])
+    tau = check_float("tau", tau)
     shift = (tau * log_prior(class_counts)).to(device=logits.device, dtype=logits.dtype)  # (C,)
     return cross_entropy(logits + shift, targets, label_smoothing=label_smoothing, reduction=reduction)
 
@@ -287,6 +282,7 @@ def posthoc_logit_adjust(logits: torch.Tensor, class_counts: CountsLike, tau: fl
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim == 0:
         raise ValueError("logits must be a floating-point tensor of shape (..., C)")
+    tau = check_float("tau", tau)
     shift = (tau * log_prior(_as_counts(class_counts, logits.shape[-1]))).to(
         device=logits.device, dtype=logits.dtype
     )
@@ -318,6 +314,7 @@ def _check_num_classes(counts: torch.Tensor, logits: torch.Tensor) -> None:
 
 def _build_ce(class_counts: CountsLike, *, label_smoothing: float = 0.0):
     counts = _as_counts(class_counts)
+    label_smoothing = check_float("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
 
     def loss(logits, targets, epoch):
         _check_num_classes(counts, logits)
@@ -328,6 +325,7 @@ def _build_ce(class_counts: CountsLike, *, label_smoothing: float = 0.0):
 
 def _build_focal(class_counts: CountsLike, *, gamma: float = 2.0):
     counts = _as_counts(class_counts)
+    gamma = check_float("gamma", gamma, 0.0)
 
     def loss(logits, targets, epoch):
         _check_num_classes(counts, logits)
@@ -338,6 +336,7 @@ def _build_focal(class_counts: CountsLike, *, gamma: float = 2.0):
 
 def _build_cb_focal(class_counts: CountsLike, *, gamma: float = 2.0, beta: float = 0.9999):
     counts = _as_counts(class_counts)
+    gamma = check_float("gamma", gamma, 0.0)
     alpha = class_balanced_weights(counts, beta=beta)
 
     def loss(logits, targets, epoch):
@@ -381,6 +380,8 @@ def _build_balanced_softmax(class_counts: CountsLike):
 
 def _build_logit_adjusted(class_counts: CountsLike, *, tau: float = 1.0, label_smoothing: float = 0.0):
     counts = _as_counts(class_counts)
+    tau = check_float("tau", tau)
+    label_smoothing = check_float("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     return lambda logits, targets, epoch: logit_adjusted_ce(
         logits, targets, counts, tau=tau, label_smoothing=label_smoothing
     )
@@ -427,4 +428,5 @@ def build_loss(name: str, class_counts: CountsLike, **kwargs: Any) -> EpochLoss:
     for key, value in kwargs.items():
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"option {key!r} of loss {name!r} must be a number, got {value!r}")
+        check_float(f"option {key!r} of loss {name!r}", value)
     return EpochLoss(canonical, _LOSS_BUILDERS[canonical](class_counts, **kwargs), dict(kwargs))

@@ -86,7 +86,7 @@ Ties in score: we treat tied scores as one threshold (precision measured after t
 sklearn does), so results do not depend on input order; the YouTube-8M code breaks ties by a seeded shuffle.
 With continuous scores there are no ties and the definitions coincide.
 
-Taught in notebook 01, *Baselines* (notebook number to be confirmed by the lead).
+Taught in notebook 01, *Many, medium and few shots*.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 import torch
 
+from ltcore.checks import check_choice, check_float, check_int
 from ltcore.data.datasets import OPEN_LABEL
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
@@ -185,8 +186,7 @@ def top1_accuracy(preds: ArrayLike, labels: ArrayLike) -> float:
 def per_class_accuracy(preds: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:
     """Recall of every class. preds, labels: (N,) int -> (num_classes,) float64, nan for a class with no test
     sample. A prediction of -1 (rejected) is allowed and counts as wrong."""
-    if not isinstance(num_classes, (int, np.integer)) or num_classes <= 0:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = check_int("num_classes", num_classes, 1)
     preds_np, labels_np = _as_class_ids(preds, "preds"), _as_class_ids(labels, "labels")
     _check_same_length(preds_np, labels_np)
     _check_range(labels_np, "labels", 0, int(num_classes))
@@ -206,8 +206,8 @@ def shot_groups(
 
     See the module docstring for the two conventions and where counts of exactly ``few_thr`` / ``many_thr`` go.
     """
-    if convention not in SHOT_CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; valid conventions: {', '.join(SHOT_CONVENTIONS)}")
+    check_choice("convention", convention, SHOT_CONVENTIONS)
+    many_thr, few_thr = check_int("many_thr", many_thr, 0), check_int("few_thr", few_thr, 0)
     if few_thr >= many_thr:
         raise ValueError(f"few_thr ({few_thr}) must be smaller than many_thr ({many_thr})")
     counts = _as_train_counts(train_counts)
@@ -303,8 +303,7 @@ def open_set_predictions(scores: ArrayLike, open_threshold: float = 0.1, from_lo
         raise ValueError(f"scores must have shape (N, C) with N, C > 0, got {tuple(arr.shape)}")
     if not np.all(np.isfinite(arr)):
         raise ValueError("scores must be finite (they contain nan or inf)")
-    if not 0.0 <= open_threshold <= 1.0:
-        raise ValueError(f"open_threshold must lie in [0, 1], got {open_threshold}")
+    open_threshold = check_float("open_threshold", open_threshold, 0.0, 1.0)
     if from_logits:
         arr = torch.softmax(torch.from_numpy(arr), dim=1).numpy()
     elif normalized and (arr.min() < 0 or arr.max() > 1 or not np.allclose(arr.sum(axis=1), 1.0, atol=1e-3)):
@@ -358,8 +357,7 @@ def open_set_counts(
     preds_or_probs: (N,) predicted ids with -1 = rejected, or (N, C) softmax probabilities which are thresholded
     with ``open_threshold`` (``open_set_predictions``). labels: (N,) with -1 for open-set samples.
     """
-    if rule not in OPEN_SET_RULES:
-        raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(OPEN_SET_RULES)}")
+    check_choice("rule", rule, OPEN_SET_RULES)
     preds, labels_np = _open_set_preds_and_labels(preds_or_probs, labels, open_threshold)
     known, open_ = labels_np != OPEN_LABEL, labels_np == OPEN_LABEL
     correct = preds == labels_np
@@ -452,11 +450,6 @@ def _top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-def _check_k(k: int, name: str) -> None:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
-        raise ValueError(f"{name} must be a positive int, got {k!r}")
-
-
 def gap_at_k(scores: ArrayLike, labels_multi_hot: ArrayLike, k: int = 20) -> float:
     """YouTube-8M Global Average Precision (IEM eq. 17, P = k = 20).
 
@@ -464,7 +457,7 @@ def gap_at_k(scores: ArrayLike, labels_multi_hot: ArrayLike, k: int = 20) -> flo
     (class, score) predictions, sorted globally, and AP is computed with the total number of positive labels
     as recall denominator. nan if there is no positive label at all.
     """
-    _check_k(k, "k")
+    k = check_int("k", k, 1)
     s, y = _scores_and_targets(scores, labels_multi_hot)
     kept = _top_k_mask(s, k)  # (N, C)
     return average_precision(s[kept], y[kept], int(y.sum()))  # boolean indexing flattens to (N*k,)
@@ -479,7 +472,7 @@ def mean_average_precision(scores: ArrayLike, labels_multi_hot: ArrayLike, top_k
     """
     s, y = _scores_and_targets(scores, labels_multi_hot)
     if top_k is not None:
-        _check_k(top_k, "top_k")
+        top_k = check_int("top_k", top_k, 1)
     kept = _top_k_mask(s, top_k) if top_k is not None else np.ones_like(y)  # (N, C)
     aps = [
         average_precision(s[kept[:, c], c], y[kept[:, c], c], int(y[:, c].sum()))

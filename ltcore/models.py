@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from timm.models.resnet import BasicBlock, ResNet
 
+from ltcore.checks import check_int
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -49,6 +51,7 @@ class Backbone(nn.Module):
         if name not in BACKBONES:
             raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
         spec = BACKBONES[name]
+        in_chans = check_int("in_chans", in_chans, 1)
         # timm's plain stem is always 64 wide; its "deep" stem is 2 * stem_width wide, so asking for a deep
         # stem of half the first stage's width and replacing it by one 3x3/1 conv gives a CIFAR stem of the
         # first stage's width (no 1x1 projection into layer1).
@@ -70,6 +73,8 @@ class Backbone(nn.Module):
 
         self.register_buffer("mean", per_channel(mean))
         self.register_buffer("std", per_channel(std))
+        if not bool(torch.isfinite(self.mean).all() & torch.isfinite(self.std).all() & (self.std > 0).all()):
+            raise ValueError(f"mean must be finite and std finite and positive, got mean={mean!r}, std={std!r}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # (B, C_in, H, W) in [0, 1] -> (B, C, H/4, W/4) for small inputs, (B, C, H/32, W/32) otherwise
@@ -92,6 +97,7 @@ class NormedLinear(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int):
         super().__init__()
+        in_dim, num_classes = check_int("in_dim", in_dim, 1), check_int("num_classes", num_classes, 1)
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +112,7 @@ class PlainClassifier(nn.Module):
 
     def __init__(self, backbone: Backbone, num_classes: int, normed: bool = False):
         super().__init__()
+        num_classes = check_int("num_classes", num_classes, 1)
         self.backbone = backbone
         self.fc = NormedLinear(backbone.out_dim, num_classes) if normed else nn.Linear(backbone.out_dim, num_classes)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ltcore.io import atomic_write
 from ltcore.paths import REPO_ROOT
 from ltcore.results import load_results, markdown_table
 
@@ -29,5 +30,5 @@ def update_readme(readme: Path = REPO_ROOT / "README.md", results_folder: Path =
     text = readme.read_text()
     new = render(text, results_folder)
     if new != text:
-        readme.write_text(new)
+        atomic_write(readme, lambda tmp: Path(tmp).write_text(new))
     return new != text

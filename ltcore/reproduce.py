@@ -22,7 +22,6 @@ the machine's core count (the notebook tests set the same).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -65,6 +64,8 @@ PROFILES = {
 def notebooks(only: Optional[list[str]] = None) -> list[Path]:
     """The numbered notebooks in teaching order, optionally those whose name starts with one of ``only``."""
     found = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only is not None and not only:
+        raise ValueError("only is empty: name at least one notebook prefix, or pass None for every notebook")
     if only:
         found = [nb for nb in found if any(nb.stem.startswith(prefix) for prefix in only)]
         if not found:
@@ -109,36 +110,59 @@ def drop_widget_state(path: Path) -> None:
         nbformat.write(nb, str(path))
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`run_plans` executes: each notebook with its output path and parameters, all checked."""
+
+    profile: str
+    output_dir: Path
+    inplace: bool
+    runs: list  # (notebook, output path, parameters) in teaching order
+
+
+def plan_runs(profile: str = "quick", output_dir: Optional[Path] = None, only: Optional[list[str]] = None,
+              inplace: bool = False, extra: Optional[dict] = None) -> RunPlan:
+    """Check the profile, the notebook selection and every notebook's parameters; runs nothing.
+
+    Raises ``KeyError`` (unknown profile or parameter) or ``FileNotFoundError`` (no notebook matches ``only``).
+    """
+    if profile not in PROFILES:
+        raise KeyError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    output_dir = Path(output_dir or REPO_ROOT / "runs" / profile)
+    runs = []
+    for notebook in notebooks(only):  # check every notebook's parameters before running anything
+        parameters = {**PROFILES[profile].parameters_for(notebook.stem), **(extra or {})}
+        check_parameters(notebook, parameters)
+        runs.append((notebook, notebook if inplace else output_dir / notebook.name, parameters))
+    return RunPlan(profile, output_dir, inplace, runs)
+
+
 def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: Optional[list[str]] = None,
               inplace: bool = False, extra: Optional[dict] = None, jobs: int = 2) -> list[dict]:
     """Run the notebooks under ``profile``; returns one summary row per notebook. Exits non-zero on failure.
 
     Notebooks are started in teaching order, ``jobs`` at a time; after a failure no new one starts.
     """
-    if profile not in PROFILES:
-        raise KeyError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs!r}")
+    return run_plans(plan_runs(profile, output_dir, only, inplace, extra), jobs)
+
+
+def run_plans(plan: RunPlan, jobs: int = 2) -> list[dict]:
+    """Execute a :func:`plan_runs` result, ``jobs`` notebooks at a time (see :func:`reproduce`)."""
     from papermill.exceptions import PapermillExecutionError
 
     os.environ.update(KERNEL_ENV)  # inherited by the kernels
-    output_dir = Path(output_dir or REPO_ROOT / "runs" / profile)
     # A reproduction's figures and results go beside its notebooks (the record stays as committed, and each
     # notebook compares with it), for this call only: the kernels inherit the variable when they start.
-    redirect = not inplace and "LTCORE_OUTPUT_DIR" not in os.environ
-    selected = notebooks(only)
-    plans = []
-    for notebook in selected:  # check every notebook's parameters before running anything
-        parameters = {**PROFILES[profile].parameters_for(notebook.stem), **(extra or {})}
-        check_parameters(notebook, parameters)
-        plans.append((notebook, notebook if inplace else output_dir / notebook.name, parameters))
+    redirect = not plan.inplace and "LTCORE_OUTPUT_DIR" not in os.environ
     failed: list[str] = []
 
-    def run(plan) -> dict:
-        notebook, output, parameters = plan
+    def run(planned) -> dict:
+        notebook, output, parameters = planned
         if failed:
             return {"notebook": notebook.name, "status": "not run", "seconds": None}
-        print(f"[{profile}] {notebook.name} ...", flush=True)
+        print(f"[{plan.profile}] {notebook.name} ...", flush=True)
         try:
             seconds = run_notebook(notebook, output, parameters)
         except PapermillExecutionError as exc:
@@ -147,15 +171,15 @@ def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: O
                   f"{exc.ename}: {exc.evalue}\nThe executed notebook, with the traceback, is {output}",
                   file=sys.stderr, flush=True)
             return {"notebook": notebook.name, "status": "FAILED", "seconds": None}
-        print(f"[{profile}] {notebook.name} done in {seconds:.0f} s", flush=True)
+        print(f"[{plan.profile}] {notebook.name} done in {seconds:.0f} s", flush=True)
         return {"notebook": notebook.name, "status": "ok", "seconds": round(seconds, 1)}
 
     started = time.perf_counter()
     if redirect:
-        os.environ["LTCORE_OUTPUT_DIR"] = str(output_dir)
+        os.environ["LTCORE_OUTPUT_DIR"] = str(plan.output_dir)
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            summary = list(pool.map(run, plans))
+            summary = list(pool.map(run, plan.runs))
         print_summary(summary, time.perf_counter() - started)
     finally:
         if redirect:
@@ -166,14 +190,18 @@ def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: O
 
 
 def print_summary(summary: list[dict], wall_seconds: float) -> None:
-    from ltcore.results import markdown_table
+    from ltcore.results import load_results, markdown_table
 
     print("\nNotebooks:")
     print(markdown_table(summary, ["notebook", "status", "seconds"]))
     print(f"notebook seconds summed: {sum(row['seconds'] or 0 for row in summary):.0f}, wall: {wall_seconds:.0f}")
     folder = results_dir()
     for path in sorted(folder.glob("*.json")):
-        rows = json.loads(path.read_text())
-        if rows and isinstance(rows, list) and {"method", "overall"} <= set(rows[0]):
+        try:
+            rows = load_results(path.stem, folder)
+        except ValueError as exc:  # a stray file in the folder does not hide the notebooks' summary
+            print(f"\n{exc}")
+            continue
+        if rows and {"method", "overall"} <= set(rows[0]):
             print(f"\n{path.relative_to(folder.parent) if folder.parent in path.parents else path}:")
             print(markdown_table(rows))

@@ -3,6 +3,8 @@
 A row is a flat dict with at least ``dataset, method, many, medium, few, overall, seconds``
 (accuracies in percent, ``None`` for an empty group). ``save_results`` writes the rows
 as JSON and CSV (atomically) so the README, the reproduce summary and the tests read them back.
+The JSON is standard (NaN and inf are written as ``null``; numpy scalars as numbers), and
+``load_results`` refuses a file that is not.
 """
 from __future__ import annotations
 
@@ -50,12 +52,41 @@ def shot_row(dataset: str, method: str, shots, seconds: float, **extra) -> dict:
     return row
 
 
+def plain_value(value, where: str = "value"):
+    """``value`` as standard JSON data: numpy and 0-d torch scalars become Python numbers, NaN and inf
+    become ``None`` (JSON has neither), tuples become lists; anything else JSON cannot hold is an error
+    naming ``where``."""
+    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
+        value = value.item()  # numpy scalars, 0-d arrays and tensors
+    elif hasattr(value, "ndim") and hasattr(value, "tolist"):
+        value = value.tolist()  # numpy arrays and tensors
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): plain_value(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise TypeError(f"{where} is a {type(value).__name__}, which a results file cannot hold: {value!r}")
+
+
 def save_results(rows: Iterable[dict], name: str) -> Path:
-    """Write ``results/<name>.json`` and ``results/<name>.csv``; returns the JSON path."""
+    """Write ``results/<name>.json`` and ``results/<name>.csv``; returns the JSON path.
+
+    The JSON is standard: numpy scalars are written as numbers, NaN and inf as ``null``.
+    """
     rows = list(rows)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"results row {i} of {name!r} must be a dict, got {type(row).__name__}")
+    rows = [plain_value(row, f"results row {i} of {name!r}") for i, row in enumerate(rows)]
+    text = json.dumps(rows, indent=1, allow_nan=False) + "\n"
     folder = results_dir()
     json_path = folder / f"{name}.json"
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1) + "\n"))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
     columns = list(dict.fromkeys(COLUMNS + [key for row in rows for key in row]))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
@@ -66,10 +97,25 @@ def save_results(rows: Iterable[dict], name: str) -> Path:
 
 
 def load_results(name: str, folder: Optional[Path] = None) -> list[dict]:
+    """The rows of ``results/<name>.json`` (or ``folder/<name>.json``); a file that is not standard JSON
+    holding a list of rows is an error naming it (JSON parsing never runs code)."""
     path = (folder or results_dir()) / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results file {path}; run the notebook that writes it (make reproduce)")
-    return json.loads(path.read_text())
+
+    def refuse_constant(constant: str):
+        raise ValueError(f"{constant} is not standard JSON")
+
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"results file {path} is not UTF-8 text (byte {exc.start}); it was not written by "
+                         f"save_results") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"results file {path} is not valid JSON: {exc}") from None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"results file {path} does not hold a list of rows (JSON objects)")
+    return rows
 
 
 def compare_with_recorded(rows: Iterable[dict], name: str, tolerance: Optional[dict] = None) -> str:

@@ -1,8 +1,8 @@
-"""Strict configuration overrides and the device helper."""
+"""Strict configuration overrides, seeding and the device helper."""
 import pytest
 import torch
 
-from ltcore.config import get_device, override
+from ltcore.config import get_device, override, seed_everything
 from ltcore.train import TrainConfig
 
 
@@ -21,11 +21,6 @@ def test_override_rejects_unknown_keys_and_wrong_types():
         override(TrainConfig(), {"progress": 1})
 
 
-def test_impossible_training_config_is_an_error():
-    with pytest.raises(ValueError, match="positive"):
-        TrainConfig(epochs=0)
-
-
 def test_device_helper_defaults_and_refuses_missing_cuda(monkeypatch):
     monkeypatch.delenv("LTCORE_DEVICE", raising=False)
     assert get_device("cpu") == torch.device("cpu")
@@ -33,6 +28,33 @@ def test_device_helper_defaults_and_refuses_missing_cuda(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             get_device("cuda")
+
+
+@pytest.mark.hostile
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_missing_gpu_is_named_with_who_asked_for_it(monkeypatch):
+    monkeypatch.setenv("LTCORE_DEVICE", "cuda")
+    with pytest.raises(RuntimeError, match="LTCORE_DEVICE 'cuda' requested but CUDA is not available on this "
+                                           "machine; use 'cpu' or 'auto'"):
+        get_device()
+    assert get_device("cpu") == torch.device("cpu")                 # an explicit choice is not overridden
+    with pytest.raises(RuntimeError, match="device 'cuda:1' requested but CUDA is not available"):
+        get_device("cuda:1")
+
+
+@pytest.mark.parametrize("preference, says", [("gpu", "device 'gpu' is not a device"),
+                                              ("", "device '' is not a device")])
+def test_a_device_name_torch_does_not_know_is_an_error(preference, says):
+    with pytest.raises(ValueError, match=says):
+        get_device(preference)
+
+
+def test_seeding_is_repeatable_and_checks_the_seed():
+    first = torch.rand(3, generator=seed_everything(5))
+    assert torch.equal(torch.rand(3, generator=seed_everything(5)), first)
+    for seed in (-1, 2**32, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be an integer in"):
+            seed_everything(seed)
 
 
 @pytest.mark.parametrize("value, disabled", [(None, False), ("", False), ("0", False), ("false", False),

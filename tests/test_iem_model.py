@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from ltcore.data import ArrayDataset
-from ltcore.iem.model import ABLATIONS, IEMClassifier, check_memory_fits, build_iem, hard_negatives, open_set_metrics
+from ltcore.iem.model import ABLATIONS, IEMClassifier, build_iem, check_memory_fits, hard_negatives
 from ltcore.losses import build_loss
 from ltcore.iem.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
-from ltcore.metrics import open_set_predictions
+from ltcore.iem.rsa import region_partition
 from ltcore.models import build_backbone
 from ltcore.train import TrainConfig, fit, predict
 
@@ -132,7 +132,7 @@ def test_after_warmup_the_loss_has_the_three_terms_of_eq16_per_memory():
     images, labels = batch(seed=7)
     terms = model.loss_terms(images, labels, CE, epoch=1)
     assert list(terms) == ["ce", "global_pos", "global_neg", "local_pos", "local_neg"]
-    model._pending_writes.clear()  # keep the banks as they were for the direct computation
+    # the banks stay as they were until after_optimizer_step, so the direct reads below see what loss_terms saw
     with torch.no_grad():
         features = model.encode(images)
         negatives = hard_negatives(features.logits, labels)
@@ -182,10 +182,13 @@ def test_gradients_of_the_memory_loss_reach_backbone_rsa_and_memory_slots():
     assert model.fc.weight.grad is None or model.fc.weight.grad.abs().sum() == 0  # the head only sees CE
     assert model.backbone.net.conv1.weight.grad.abs().sum() > 0
     assert model.rsa.key_output.weight.grad.abs().sum() > 0      # through the local memory's region keys
-    before = {name: m.keys.clone() for name, m in model.memories.items()}
+    def all_keys(memory):  # every bank's keys, in class order
+        return torch.cat([memory.bank(c)[1] for c in range(NUM_CLASSES)])
+
+    before = {name: all_keys(m) for name, m in model.memories.items()}
     moved = {name: m.step() for name, m in model.memories.items()}  # lazy Adam on the slots read
     assert all(count > 0 for count in moved.values())
-    assert all(not torch.equal(before[name], m.keys[: len(before[name])]) for name, m in model.memories.items())
+    assert all(not torch.equal(before[name], all_keys(m)) for name, m in model.memories.items())
 
 
 # --------------------------------------------------------------------------- ablations
@@ -212,7 +215,7 @@ def test_without_rsa_the_local_keys_are_the_most_activated_pooled_regions():
     features = model.encode(batch()[0])
     f = features.feature_map                                          # [B, C, 7, 7]
     pooled = []
-    for top, left, height, width in model._region_cache[(7, 7)].tolist():
+    for top, left, height, width in region_partition(7, 7, 2, 2).tolist():  # the "test" variant's partition
         pooled.append(f[:, :, top:top + height, left:left + width].mean((2, 3)))
     pooled = torch.stack(pooled, 1)                                   # [B, R, C]
     order = pooled.norm(dim=-1).argsort(1, descending=True)[:, :K]
@@ -251,11 +254,8 @@ def test_projected_memory_is_what_training_leaves_in_the_banks():
         assert projection[name]["slots"] == memory.num_slots
         device_bytes, host_bytes = memory.slot_bytes()
         assert projection[name]["device_bytes"] == memory.num_slots * device_bytes
-        # the tensors a slot owns: key, value and their two Adam moments, float32
-        owned = sum(buffer[0].numel() * buffer.element_size() for buffer in
-                    (memory.keys, memory.values, memory.key_exp_avg, memory.key_exp_avg_sq,
-                     memory.value_exp_avg, memory.value_exp_avg_sq))
-        assert device_bytes == owned + memory.bank_table.element_size()
+        # what a slot owns: its key [D] and value, each with two Adam moments, float32, and an int64 bank-table cell
+        assert device_bytes == 3 * 4 * (memory.key_dim + 1) + 8
     assert projected_bank_sizes(counts, 2, K, 32).tolist() == [32, 20, 8]    # 48 writes capped at 32
 
 
@@ -301,7 +301,7 @@ def test_state_dict_round_trip_gives_identical_predictions():
     buffer.seek(0)
     torch.manual_seed(123)
     restored = build_iem("test", NUM_CLASSES)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))  # plain tensors and values: no pickled code
     first, second = predict(model, data, progress=False), predict(restored, data, progress=False)
     assert set(first) == set(second)
     for key in first:
@@ -309,36 +309,35 @@ def test_state_dict_round_trip_gives_identical_predictions():
 
 
 # --------------------------------------------------------------------------- helpers and errors
-def test_unnormalized_thresholding_matches_the_oltr_rule_on_probabilities():
-    probs = torch.tensor([[0.5, 0.3, 0.2], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]])
-    assert open_set_predictions(probs, 0.4, normalized=False).tolist() == [0, -1, 2]
-    assert (open_set_predictions(probs, 0.4, normalized=False).tolist()
-            == open_set_predictions(probs.numpy(), 0.4).tolist())
-    scores = np.array([[0.2, 0.6, 0.9], [0.1, 0.2, 0.3]])  # IEM scores need not sum to 1
-    assert open_set_predictions(scores, 0.5, normalized=False).tolist() == [2, -1]
-    with pytest.raises(ValueError, match="finite"):
-        open_set_predictions(np.array([[np.nan, 1.0]]), 0.5, normalized=False)
+@pytest.mark.parametrize("build, match", [
+    (lambda: build_iem("huge", NUM_CLASSES), "variant"),
+    (lambda: build_iem("test", NUM_CLASSES, ablation="no_memory"), "ablation"),
+    (lambda: build_iem("test", NUM_CLASSES, ablation="no_rsa", use_rsa=True), r"sets \['use_rsa'\]"),
+    (lambda: IEMClassifier(build_backbone("test_resnet"), NUM_CLASSES, use_global_memory=False,
+                           use_local_memory=False), "at least one memory"),
+    (lambda: build_iem("test", NUM_CLASSES, colour="red"), "build_iem"),
+    (lambda: build_iem("test", NUM_CLASSES, regions_per_image=0), "regions_per_image"),
+    (lambda: build_iem("test", 1), "num_classes"),
+    (lambda: build_iem("test", NUM_CLASSES, warmup_epochs=-1), "warmup_epochs"),
+    (lambda: build_iem("test", NUM_CLASSES, ablation="no_rsa", rsa_kwargs=dict(kye_dim=4)), "kye_dim"),
+    (lambda: make_model(regions_per_image=500).encode(batch()[0]), "exceeds the 169 regions"),  # 7x7 map, <= 2x2
+    (lambda: make_model().loss_terms(batch()[0], torch.tensor([0, 1, 2, 3, 0, 1]), CE, epoch=0),
+     "labels must lie in"),
+    (lambda: make_model().loss_terms(batch()[0], torch.zeros(BATCH), CE, epoch=0), "integer tensor of shape"),
+    (lambda: make_model().loss_terms(batch()[0], torch.zeros(BATCH - 1, dtype=torch.long), CE, epoch=0),
+     r"shape \[6\]"),
+])
+def test_bad_configurations_and_inputs_are_clear_errors(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
 
 
-def test_bad_configurations_and_inputs_are_clear_errors():
-    with pytest.raises(ValueError, match="variant"):
-        build_iem("huge", NUM_CLASSES)
-    with pytest.raises(ValueError, match="ablation"):
-        build_iem("test", NUM_CLASSES, ablation="no_memory")
-    with pytest.raises(ValueError, match="sets \\['use_rsa'\\]"):
-        build_iem("test", NUM_CLASSES, ablation="no_rsa", use_rsa=True)
-    with pytest.raises(ValueError, match="at least one memory"):
-        IEMClassifier(build_backbone("test_resnet"), NUM_CLASSES, use_global_memory=False, use_local_memory=False)
-    with pytest.raises(ValueError, match="build_iem"):
-        build_iem("test", NUM_CLASSES, colour="red")
-    with pytest.raises(ValueError, match="regions_per_image"):
-        build_iem("test", NUM_CLASSES, regions_per_image=0)
-    too_many = make_model(regions_per_image=500)  # the 7x7 map has 169 regions of at most 2x2
-    with pytest.raises(ValueError, match="exceeds the 169 regions"):
-        too_many.encode(batch()[0])
-    model = make_model()
-    with pytest.raises(ValueError, match="labels must lie in"):
-        model.loss_terms(*batch()[:1], torch.tensor([0, 1, 2, 3, 0, 1]), CE, epoch=0)
+@pytest.mark.hostile
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+@pytest.mark.parametrize("eps", [float("nan"), float("inf")])
+def test_non_finite_rsa_settings_are_refused_in_every_ablation(ablation, eps):
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        build_iem("test", NUM_CLASSES, ablation=ablation, rsa_kwargs=dict(eps=eps))
 
 
 def test_all_regions_can_be_written_as_the_paper_does():
@@ -349,18 +348,8 @@ def test_all_regions_can_be_written_as_the_paper_does():
     assert model.local_memory.bank_sizes().tolist() == [32] * 3  # 169 regions each, capped at capacity 32
 
 
-def test_open_set_metrics_count_by_hand():
-    known = np.array([[0.9, 0.05, 0.05],    # class 0, right
-                      [0.6, 0.3, 0.1],      # class 1, wrong (0)
-                      [0.2, 0.2, 0.35],     # class 2, rejected (max 0.35 < 0.4)
-                      [0.1, 0.8, 0.1]])     # class 1, right
-    labels = np.array([0, 1, 2, 1])
-    open_ = np.array([[0.3, 0.3, 0.3],      # rejected: true negative
-                      [0.1, 0.1, 0.7]])     # accepted as class 2: false negative
-    metrics = open_set_metrics(known, labels, open_, np.array([200, 50, 5]), threshold=0.4)
-    # OLTR rule: TP = 2, FP = 2 (one misclassified, one rejected known), FN = 1 -> F = 4 / (4 + 2 + 1)
-    assert metrics["f_measure"] == pytest.approx(4 / 7)
-    assert (metrics["open_many"], metrics["open_medium"], metrics["open_few"]) == (1.0, 0.5, 0.0)
-    assert metrics["open_overall"] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="same number of classes"):
-        open_set_metrics(known, labels, open_[:, :2], np.array([200, 50, 5]), threshold=0.4)
+@pytest.mark.hostile
+@pytest.mark.parametrize("setting", ["delta", "gamma", "lr", "eps"])
+def test_non_finite_memory_settings_are_refused_by_build_iem(setting):
+    with pytest.raises(ValueError, match=f"{setting} must be a finite number"):
+        build_iem("test", NUM_CLASSES, memory_kwargs={setting: float("nan")})

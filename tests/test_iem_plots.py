@@ -5,7 +5,8 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from ltcore.iem.plots import kernel_groups, plot_partition, region_attention_map, uniform_attention_map  # noqa: E402
+from ltcore.iem.plots import (kernel_groups, plot_partition, plot_region_attention, region_attention_map,  # noqa: E402
+                              uniform_attention_map)
 from ltcore.iem.rsa import region_kernels, region_partition  # noqa: E402
 
 
@@ -41,3 +42,14 @@ def test_uniform_map_weights_central_cells_more():
 def test_partition_figure_draws():
     fig = plot_partition(region_partition(3, 3, 2, 2), 3, 3, title="Fig. 2")
     assert fig.axes
+
+
+def test_region_attention_figure_draws_three_rows_per_image():
+    regions = region_partition(3, 3, 2, 2)
+    images = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    weights = torch.softmax(torch.randn(2, len(regions), generator=torch.Generator().manual_seed(2)), dim=1)
+    fig = plot_region_attention(images, weights, regions, (3, 3), titles=["a", "b"], top_k=2)
+    image_axes = [ax for ax in fig.axes if ax.images and ax.get_title() in ("a", "b", "")]
+    assert len(image_axes) >= 6  # boxes, attention mass and mass / uniform for each of the two images
+    boxes = [ax for ax in fig.axes if ax.get_title() in ("a", "b")]
+    assert [len(ax.patches) for ax in boxes] == [2, 2]  # the top-2 regions of each image

@@ -380,3 +380,52 @@ def test_constructor_bad_arguments(kwargs, name):
 def test_unknown_variant():
     with pytest.raises(ValueError, match="variant"):
         build_rsa("huge")
+
+
+# --------------------------------------------------------------------------- hostile inputs (issue 16)
+@pytest.mark.hostile
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_eps_is_refused_everywhere(eps):
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        build_rsa("tiny", eps=eps)
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        region_statistics(torch.zeros(1, 1, 2, 2), [(0, 0, 1, 1)], eps=eps)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_feature_map_in_another_dtype_than_the_module_is_a_clear_error(dtype):
+    with pytest.raises(ValueError, match=rf"feature_map is {dtype}.*parameters are torch.float32"):
+        build_rsa("tiny")(torch.randn(2, 8, 3, 3).to(dtype))
+
+
+@pytest.mark.hostile
+def test_half_precision_region_sums_are_accumulated_in_float32():
+    """A half-precision prefix sum over the map overflows past 65,504: the 16x16 map of 300s sums to 76,800."""
+    feature_map = torch.full((1, 1, 16, 16), 300.0, dtype=torch.float16)
+    regions = region_partition(16, 16, 2, 2)
+    sums = region_sums(feature_map, regions)
+    assert sums.dtype == torch.float16
+    areas = (regions[:, 2] * regions[:, 3]).to(torch.float16)
+    torch.testing.assert_close(sums[0, :, 0], 300 * areas)
+
+
+def test_a_half_precision_module_on_half_input_matches_float32():
+    torch.manual_seed(6)
+    single = build_rsa("tiny")
+    half = build_rsa("tiny").half()
+    half.load_state_dict({key: value.half() for key, value in single.state_dict().items()})
+    x = torch.randn(2, 8, 4, 4)
+    reference, out = single(x, return_weights=True, return_regions=True), half(x.half(), return_weights=True,
+                                                                                return_regions=True)
+    assert out.feature.dtype == out.weights.dtype == out.region_features.dtype == torch.float16
+    torch.testing.assert_close(out.weights.float(), reference.weights, atol=2e-3, rtol=2e-2)
+    torch.testing.assert_close(out.feature.float(), reference.feature, atol=2e-2, rtol=2e-2)
+
+
+def test_autocast_casts_operation_by_operation():
+    rsa = build_rsa("tiny")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rsa(torch.randn(2, 8, 3, 3).bfloat16(), return_weights=True)
+    assert torch.isfinite(out.feature.float()).all()
+    torch.testing.assert_close(out.weights.float().sum(-1), torch.ones(2), atol=1e-2, rtol=0)

@@ -277,3 +277,50 @@ def test_counts_accept_numpy_and_tensor(batch):
     ref = logit_adjusted_ce(logits, targets, COUNTS)
     assert torch.equal(logit_adjusted_ce(logits, targets, np.array(COUNTS)), ref)
     assert torch.equal(logit_adjusted_ce(logits, targets, torch.tensor(COUNTS)), ref)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("call, name", [
+    (lambda z, y, bad: cross_entropy(z, y, label_smoothing=bad), "label_smoothing"),
+    (lambda z, y, bad: focal_loss(z, y, gamma=bad), "gamma"),
+    (lambda z, y, bad: class_balanced_weights(COUNTS, beta=bad), "beta"),
+    (lambda z, y, bad: drw_weights(COUNTS, epoch=0, drw_epoch=3, beta=bad), "beta"),
+    (lambda z, y, bad: ldam_margins(COUNTS, max_margin=bad), "max_margin"),
+    (lambda z, y, bad: LDAMLoss(COUNTS, scale=bad), "scale"),
+    (lambda z, y, bad: logit_adjusted_ce(z, y, COUNTS, tau=bad), "tau"),
+    (lambda z, y, bad: posthoc_logit_adjust(z, COUNTS, tau=bad), "tau"),
+])
+def test_every_float_setting_of_a_loss_must_be_finite(batch, call, name, bad):
+    logits, targets = batch
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        call(logits, targets, bad)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("name, option", [("ce", "label_smoothing"), ("focal", "gamma"), ("cb_focal", "gamma"),
+                                          ("cb_focal", "beta"), ("ldam_drw", "max_margin"), ("ldam_drw", "scale"),
+                                          ("ldam_drw", "beta"), ("lace", "tau"), ("lace", "label_smoothing")])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_build_loss_refuses_non_finite_options_when_built(name, option, bad):
+    extra = {"drw_epoch": 2} if name == "ldam_drw" else {}
+    with pytest.raises(ValueError, match=f"option '{option}' of loss '{name}' must be a finite number, got {bad}"):
+        build_loss(name, COUNTS, **extra, **{option: bad})
+
+
+@pytest.mark.parametrize("name, options, says", [
+    ("ce", {"label_smoothing": 1.0}, r"label_smoothing must be a finite number in \[0.0, 1.0\), got 1.0"),
+    ("focal", {"gamma": -1.0}, "gamma must be a finite number >= 0.0, got -1.0"),
+    ("lace", {"label_smoothing": -0.1}, "label_smoothing must be a finite number in"),
+    ("ldam_drw", {"drw_epoch": -1}, "drw_epoch must be an integer >= 0, got -1"),
+    ("ldam_drw", {"drw_epoch": 2, "scale": 0}, "scale must be a finite number > 0.0, got 0"),
+])
+def test_build_loss_checks_option_ranges_when_built(name, options, says):
+    with pytest.raises(ValueError, match=says):
+        build_loss(name, COUNTS, **options)
+
+
+def test_an_unknown_reduction_names_the_choices(batch):
+    logits, targets = batch
+    with pytest.raises(ValueError, match=r"reduction must be one of \['mean', 'none', 'sum'\], got 'avg'"):
+        cross_entropy(logits, targets, reduction="avg")

@@ -111,7 +111,7 @@ def test_shot_accuracy_result_is_row_and_mapping():
 
 
 def test_shot_accuracy_errors():
-    with pytest.raises(ValueError, match="valid conventions: classifier-balancing, oltr"):
+    with pytest.raises(ValueError, match=r"convention must be one of \['classifier-balancing', 'oltr'\], got 'kang'"):
         shot_accuracy([0], [0], [5], convention="kang")
     with pytest.raises(ValueError, match="preds has 2 entries but labels has 3"):
         shot_accuracy([0, 1], [0, 1, 1], [5, 5])
@@ -186,7 +186,7 @@ def test_open_set_thresholding_is_strict_and_applied_to_probs():
 
 
 def test_open_set_errors():
-    with pytest.raises(ValueError, match="valid rules: oltr, classifier-balancing"):
+    with pytest.raises(ValueError, match=r"rule must be one of \['classifier-balancing', 'oltr'\], got 'f1'"):
         open_set_f_measure(OPEN_PREDS, OPEN_LABELS, rule="f1")
     with pytest.raises(ValueError, match="labels must lie in"):
         open_set_f_measure([0, 1], [0, -2])
@@ -291,7 +291,28 @@ def test_gap_map_errors_and_empty():
         gap_at_k(TINY_SCORES, TINY_LABELS[:1])
     with pytest.raises(ValueError, match="only 0/1"):
         gap_at_k(TINY_SCORES, TINY_LABELS * 2)
-    with pytest.raises(ValueError, match="k must be a positive int"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
         gap_at_k(TINY_SCORES, TINY_LABELS, k=0)
     assert math.isnan(gap_at_k(TINY_SCORES, np.zeros_like(TINY_LABELS)))
     assert math.isnan(mean_average_precision(TINY_SCORES, np.zeros_like(TINY_LABELS)))
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: per_class_accuracy([0], [0], 0), "num_classes must be an integer >= 1, got 0"),
+    (lambda: per_class_accuracy([0], [0], 2.0), "num_classes must be an integer >= 1, got 2.0"),
+    (lambda: open_set_predictions(np.array([[0.5, 0.5]]), open_threshold=1.5),
+     r"open_threshold must be a finite number in \[0.0, 1.0\], got 1.5"),
+    (lambda: open_set_predictions(np.array([[0.5, 0.5]]), open_threshold=float("nan")),
+     "open_threshold must be a finite number"),
+    (lambda: mean_average_precision(TINY_SCORES, TINY_LABELS, top_k=True), "top_k must be an integer >= 1, got True"),
+])
+def test_argument_errors_name_the_argument(call, says):
+    with pytest.raises(ValueError, match=says):
+        call()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("thresholds", [dict(many_thr=float("nan")), dict(few_thr=float("inf")), dict(few_thr=20.5)])
+def test_shot_thresholds_must_be_whole_numbers(thresholds):
+    with pytest.raises(ValueError, match="_thr must be an integer >= 0"):
+        shot_groups([5, 50, 500], **thresholds)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import faiss
 import numpy as np
@@ -133,16 +135,85 @@ def test_dimension_mismatch_on_add_and_search(keys):
         index.search(np.zeros(24, np.float32), 5)
 
 
-def test_bad_arguments_are_rejected(keys):
+@pytest.mark.parametrize("make, message", [
+    (lambda: VectorIndex(8, kind="ivf"), "kind must be one of"),
+    (lambda: VectorIndex(8, metric="dot"), "metric must be one of"),
+    (lambda: VectorIndex(0), "dim must be an integer >= 1"),
+    (lambda: VectorIndex(8, hnsw_m=0), "hnsw_m must be an integer >= 1"),
+    (lambda: VectorIndex(8, threads=0), "threads must be an integer >= 1"),
+])
+def test_bad_settings_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_bad_queries_are_rejected(keys):
     index = VectorIndex.build(keys[:10], "flat", progress=False)
-    with pytest.raises(ValueError, match="k must be between 1 and"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 10\], got 11"):
         index.search(keys[:2], 11)
-    with pytest.raises(ValueError, match="kind"):
-        VectorIndex(8, kind="ivf")
-    with pytest.raises(ValueError, match="metric"):
-        VectorIndex(8, metric="dot")
     with pytest.raises(ValueError, match="NaN"):
         index.search(np.full((1, 24), np.nan, np.float32), 1)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("k", [2.7, True, 0, -1, "3", None])
+def test_a_k_that_is_not_a_count_is_a_clear_error(keys, k):
+    """A non-integer, bool or non-positive k names k (2.7 was searched as 2, True as 1)."""
+    index = VectorIndex.build(keys[:10], "flat", progress=False)
+    with pytest.raises(ValueError, match=rf"k must be an integer in \[1, 10\], got {re.escape(repr(k))}"):
+        index.search(keys[:2], k)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("field, value", [("metric", "l2"), ("kind", "flat"), ("normalised", False),
+                                          ("ntotal", 7), ("sha256", "0" * 64)])
+def test_an_edited_sidecar_is_refused(keys, tmp_path, field, value):
+    """The checksum covers the sidecar's own fields: an edited "metric" would turn similarities into distances."""
+    path = VectorIndex.build(keys[:50], "hnsw", "cosine", progress=False).save(tmp_path / "keys.faiss")
+    sidecar = tmp_path / "keys.faiss.json"
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps(meta | {field: value}))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(sidecar))} does not match its checksum"):
+        VectorIndex.load(path)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("damage, message", [
+    (lambda meta: {k: v for k, v in meta.items() if k != "sha256"}, "is damaged: missing sha256"),
+    (lambda meta: {k: v for k, v in meta.items() if k not in ("dim", "metadata_sha256")},
+     "is damaged: missing dim, metadata_sha256"),
+    (lambda meta: '{"format": "ltcore.index/2", "kind": ', "is not valid JSON"),
+    (lambda meta: b"\xff\xfe\x00", "is not valid JSON"),
+    (lambda meta: [meta], "must be a JSON object, got list"),
+    (lambda meta: meta | {"format": "ltcore.index/1"}, "unknown format 'ltcore.index/1'"),
+])
+def test_a_damaged_sidecar_is_an_error_naming_it(keys, tmp_path, damage, message):
+    path = VectorIndex.build(keys[:50], "flat", progress=False).save(tmp_path / "keys.faiss")
+    sidecar = tmp_path / "keys.faiss.json"
+    damaged = damage(json.loads(sidecar.read_text()))
+    if isinstance(damaged, bytes):
+        sidecar.write_bytes(damaged)
+    else:
+        sidecar.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    with pytest.raises(ValueError, match=re.escape(str(sidecar))) as caught:
+        VectorIndex.load(path)
+    assert message in str(caught.value)
+
+
+@pytest.mark.hostile
+def test_a_sidecar_of_another_index_kind_is_refused(keys, tmp_path):
+    """An index file swapped for one of another kind, with its own consistent sidecar fields rewritten."""
+    flat = VectorIndex.build(keys[:50], "flat", "cosine", progress=False).save(tmp_path / "flat.faiss")
+    l2 = VectorIndex.build(keys[:50], "flat", "l2", progress=False).save(tmp_path / "l2.faiss")
+    meta = json.loads((tmp_path / "flat.faiss.json").read_text())
+    other = json.loads((tmp_path / "l2.faiss.json").read_text())
+    meta |= {"size_bytes": other["size_bytes"], "sha256": other["sha256"]}
+    meta["metadata_sha256"] = hashlib.sha256(json.dumps(
+        {k: v for k, v in meta.items() if k != "metadata_sha256"}, sort_keys=True).encode()).hexdigest()
+    (tmp_path / "l2.faiss.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"l2\.faiss holds a IndexFlatL2, but .* describes a flat cosine index"):
+        VectorIndex.load(l2)
+    assert VectorIndex.load(flat).metric == "cosine"
 
 
 def test_ids_follow_insertion_order_across_chunks(keys):

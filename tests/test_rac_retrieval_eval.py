@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ltcore.data.datasets import ArrayDataset, LTSplits, evaluation_view
-from ltcore.rac.encoders import image_encoder
+from ltcore.data.datasets import ArrayDataset, LTSplits
 from ltcore.metrics import shot_accuracy
+from ltcore.rac.image_encoders import build_image_encoder
 from ltcore.rac.retrieval_eval import (
     compare_exact_hnsw,
     evaluate_encoder,
@@ -122,9 +122,15 @@ def test_compare_exact_hnsw_rows():
         assert row["seconds"] == rows[1]["seconds"] > 0  # one HNSW graph, built once
 
 
-def test_compare_exact_hnsw_rejects_bad_k():
-    with pytest.raises(ValueError, match="k must be between 1 and the number of keys"):
-        compare_exact_hnsw(np.zeros((5, 2), np.float32), np.zeros((1, 2), np.float32), k=6)
+@pytest.mark.parametrize("options, message", [
+    ({"k": 6}, r"k must be an integer in \[1, 5\], got 6"),
+    ({"k": 2.5}, r"k must be an integer in \[1, 5\], got 2.5"),
+    ({"ef_search": ()}, "ef_search must list at least one"),
+    ({"ef_search": (16, 0)}, "ef_search must be an integer >= 1, got 0"),
+])
+def test_compare_exact_hnsw_rejects_bad_arguments(options, message):
+    with pytest.raises(ValueError, match=message):
+        compare_exact_hnsw(np.zeros((5, 2), np.float32), np.zeros((1, 2), np.float32), **({"k": 2} | options))
 
 
 # ------------------------------------------------------------------------------------- one encoder, timed
@@ -155,17 +161,9 @@ def tiny_splits() -> LTSplits:
     )
 
 
-def test_evaluation_view_drops_augmentation():
-    splits = tiny_splits()
-    view = evaluation_view(splits.train, splits.test)
-    torch.testing.assert_close(view[0][0], splits.train.image_tensor(0))
-    with pytest.raises(TypeError, match="with_transform"):
-        evaluation_view(object(), splits.test)
-
-
 def test_evaluate_encoder_raw_pixels():
     splits = tiny_splits()
-    run = evaluate_encoder(image_encoder("raw_pixels"), splits, cache_queries=False)
+    run = evaluate_encoder(build_image_encoder("raw_pixels"), splits, cache_queries=False)
     train_pixels = splits.train.images.reshape(len(splits.train), -1).astype(np.float32) / 255.0  # (N, 36)
     test_pixels = splits.test.images.reshape(len(splits.test), -1).astype(np.float32) / 255.0
     np.testing.assert_allclose(run.train_embeddings, train_pixels, atol=1e-6)  # un-augmented keys
@@ -180,5 +178,5 @@ def test_evaluate_encoder_raw_pixels():
 
 
 def test_evaluate_encoder_image_size_override():
-    run = evaluate_encoder(image_encoder("raw_pixels"), tiny_splits(), image_size=4, cache_queries=False)
+    run = evaluate_encoder(build_image_encoder("raw_pixels"), tiny_splits(), image_size=4, cache_queries=False)
     assert run.image_size == 4 and run.train_embeddings.shape == (42, 16)

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from ltcore.data.datasets import ArrayDataset, LTSplits, RandomCropFlip
-from ltcore.rac.encoders import image_encoder
-from ltcore.rac.model import fuse_logits, rac_loss
-from ltcore.rac.train import (RACClassifier, RACSettings, build_retrieval_setup, build_rac_classifier,
-                              make_text_encoder, neighbour_tables, retrieval_module, text_embedding_table, train_rac)
+from ltcore.rac import fuse_logits
+from ltcore.rac.classifier import RACClassifier
+from ltcore.rac.image_encoders import build_image_encoder
+from ltcore.rac.text_encoders import build_text_encoder
+from ltcore.rac.train import (RACSettings, build_rac_classifier, build_retrieval_module, build_retrieval_setup,
+                              precompute_neighbour_tables, text_embedding_table, train_rac)
 from ltcore.train import TrainConfig
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot", "Bag"]
@@ -54,18 +56,19 @@ def splits() -> LTSplits:
 @pytest.fixture(scope="module")
 def raw_setup(splits, tmp_path_factory):
     """E = raw pixels (no weights), HNSW index (M = 32) over the 45 training images."""
-    return build_retrieval_setup(splits, image_encoder("raw_pixels"), cache_dir=tmp_path_factory.mktemp("emb"),
-                                 progress=False)
+    return build_retrieval_setup(splits, build_image_encoder("raw_pixels"),
+                                 cache_dir=tmp_path_factory.mktemp("emb"), progress=False)
 
 
 @pytest.fixture(scope="module")
 def cnn_setup(splits, tmp_path_factory):
     """E = timm's tiny test EfficientNet (conv + batch norm, random weights) at 32 px."""
-    encoder = image_encoder("test_efficientnet", pretrained=False, image_size=32)
+    encoder = build_image_encoder("test_efficientnet", pretrained=False, image_size=32)
     return build_retrieval_setup(splits, encoder, cache_dir=tmp_path_factory.mktemp("emb"), progress=False)
 
 
 CONFIG = TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=0, progress=False, eval_batch_size=64)
+LACE = RACSettings().loss(TRAIN_COUNTS)  # the common loss: LACE, tau = 1, label smoothing 0.1
 
 
 # ================================================================================================ set-up
@@ -80,17 +83,17 @@ def test_setup_embeds_every_split_and_indexes_the_training_keys(splits, raw_setu
 
 def test_setup_rejects_bad_arguments(splits):
     with pytest.raises(ValueError, match="must contain 'train'"):
-        build_retrieval_setup(splits, image_encoder("raw_pixels"), embed_splits=("test",))
+        build_retrieval_setup(splits, build_image_encoder("raw_pixels"), embed_splits=("test",))
     with pytest.raises(ValueError, match="image_size applies"):
-        build_retrieval_setup(splits, image_encoder("raw_pixels"), image_size=64)
+        build_retrieval_setup(splits, build_image_encoder("raw_pixels"), image_size=64)
     with pytest.raises(ValueError, match="class_names"):
-        build_retrieval_setup(dataclasses.replace(splits, class_names=[]), image_encoder("raw_pixels"))
+        build_retrieval_setup(dataclasses.replace(splits, class_names=[]), build_image_encoder("raw_pixels"))
 
 
 # ===================================================================================== precomputed retrieval
 def test_precomputed_neighbours_equal_live_search(raw_setup, splits):
-    module = retrieval_module(raw_setup, make_text_encoder("bow_random", 4), k=K)
-    tables = neighbour_tables(module, raw_setup.embeddings)
+    module = build_retrieval_module(raw_setup, build_text_encoder("bow_random", 4), k=K)
+    tables = precompute_neighbour_tables(module, raw_setup.embeddings)
     assert {name: tuple(t.shape) for name, t in tables.items()} == {"train": (45, K), "val": (8, K), "test": (12, K)}
     encoder = raw_setup.image_encoder
     train_images = torch.stack([splits.train.image_tensor(i) for i in range(45)])
@@ -102,27 +105,29 @@ def test_precomputed_neighbours_equal_live_search(raw_setup, splits):
 
 
 def test_training_mode_drops_the_self_hit(raw_setup):
-    module = retrieval_module(raw_setup, make_text_encoder("bow_random", 4), k=K)
+    module = build_retrieval_module(raw_setup, build_text_encoder("bow_random", 4), k=K)
     train = {"train": raw_setup.embeddings["train"]}
     ids = torch.arange(45)[:, None]
-    assert not (neighbour_tables(module, train)["train"] == ids).any(), "no image retrieves itself in training"
+    assert not (precompute_neighbour_tables(module, train)["train"] == ids).any(), "no image retrieves itself"
     # as an evaluation query a training image finds itself first (the database finds itself)
     as_eval = module.eval().precompute_neighbours(raw_setup.embeddings["train"], drop=False, progress=False)
     torch.testing.assert_close(as_eval[:, :1], ids)
-    torch.testing.assert_close(neighbour_tables(module, train)["train"], as_eval.new_tensor(
+    torch.testing.assert_close(precompute_neighbour_tables(module, train)["train"], as_eval.new_tensor(
         module.index.search(raw_setup.embeddings["train"], K + 1)[1][:, 1:]))
-    by_id = retrieval_module(raw_setup, make_text_encoder("bow_random", 4), k=K, drop_self="id")
-    assert not (neighbour_tables(by_id, train)["train"] == ids).any()
+    by_id = build_retrieval_module(raw_setup, build_text_encoder("bow_random", 4), k=K, drop_self="id")
+    assert not (precompute_neighbour_tables(by_id, train)["train"] == ids).any()
+    with pytest.raises(ValueError, match="the training rows must be the index keys"):
+        precompute_neighbour_tables(module, {"train": raw_setup.embeddings["train"][:40]})
 
 
 def test_cached_text_embeddings_equal_encoding_each_query():
-    text = make_text_encoder("bow_random", 4)
+    text = build_text_encoder("bow_random", 4)
     queries = [["Bag", "Trouser"], ["Trouser", "Bag"], ["Bag", "Trouser"], ["Ankle boot", "Ankle boot"]]
     table = text_embedding_table(text, queries, batch_size=2)
     torch.testing.assert_close(table, torch.cat([text.embed([row]) for row in queries]))
     torch.testing.assert_close(table[0], table[2])
     with pytest.raises(ValueError, match="cannot be cached"):
-        text_embedding_table(make_text_encoder("clip_tiny", 4, train_transformer=True), queries)
+        text_embedding_table(build_text_encoder("clip_tiny", 4, train_transformer=True), queries)
 
 
 def test_cached_and_live_retrieval_give_the_same_logits(raw_setup):
@@ -154,7 +159,7 @@ def test_one_fit_epoch_runs_and_every_branch_is_scored(splits, raw_setup):
     assert list(result["rows"]) == ["fused", "base", "retrieval"]
     assert [row["method"] for row in result["rows"].values()] == ["RAC", "RAC: base branch", "RAC: retrieval branch"]
     row = result["row"]
-    assert row["k"] == K and row["text_encoder"] == "bow_random" and row["t_mode"] == "frozen, cached"
+    assert row["k"] == K and row["text_encoder"] == "bow_random" and row["text_encoder_mode"] == "frozen, cached"
     retrieval_acc = (predictions["retrieval"].argmax(1) == predictions["labels"]).mean()
     assert result["rows"]["retrieval"]["overall"] == pytest.approx(100 * retrieval_acc, abs=0.01)  # balanced test
 
@@ -166,12 +171,13 @@ def test_single_branch_modes(splits, raw_setup, mode, keys):
     assert set(result["predictions"]) - {"labels", "indices"} == keys
     np.testing.assert_array_equal(result["predictions"]["logits"], result["predictions"][mode])
     assert list(result["rows"]) == ["fused"] and result["row"]["method"] == mode.capitalize()
+    assert result["row"]["text_encoder_mode"] == (None if mode == "base" else "frozen, cached")
 
 
 def test_training_step_is_lace_with_label_smoothing_on_the_fused_logits(splits, raw_setup):
     classifier = build_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, backbone="test_resnet").train()
     images, labels, indices = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=8)))
-    loss = classifier.training_step(images, labels, indices, lambda *a, **kw: rac_loss(*a[:2], TRAIN_COUNTS), 0)
+    loss = classifier.training_step(images, labels, indices, LACE, 0)
     fused = classifier(images, indices).fused
     direct = torch.nn.functional.cross_entropy(
         fused + torch.log(torch.tensor(TRAIN_COUNTS / TRAIN_COUNTS.sum(), dtype=torch.float32)), labels,
@@ -179,11 +185,20 @@ def test_training_step_is_lace_with_label_smoothing_on_the_fused_logits(splits, 
     torch.testing.assert_close(loss, direct)
 
 
+def test_the_common_loss_is_lace_with_tau_and_label_smoothing():
+    fused = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([0, 1, 2, 3, 0, 0, 1, 0])
+    counts = torch.tensor([100.0, 30.0, 10.0, 3.0])
+    direct = torch.nn.functional.cross_entropy(fused + torch.log(counts / counts.sum()), targets, label_smoothing=0.1)
+    torch.testing.assert_close(RACSettings().loss(counts)(fused, targets), direct)
+    direct_tau = torch.nn.functional.cross_entropy(fused + 2 * torch.log(counts / counts.sum()), targets)
+    torch.testing.assert_close(RACSettings(tau=2.0, label_smoothing=0.0).loss(counts)(fused, targets), direct_tau)
+
+
 def _one_step(classifier: RACClassifier, dataset) -> None:
     classifier.train()
     images, labels, indices = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True)))
-    loss = classifier.training_step(images, labels, indices,
-                                    lambda logits, y, epoch=None: rac_loss(logits, y, TRAIN_COUNTS), 0)
+    loss = classifier.training_step(images, labels, indices, LACE, 0)
     loss.backward()
 
 
@@ -243,8 +258,6 @@ def test_optimizer_choice_and_its_learning_rate(splits, raw_setup):
         trained = {id(p) for p in optimizer.param_groups[0]["params"]}
         assert trained == {id(p) for p in classifier.parameters() if p.requires_grad}
         assert id(classifier.model.retrieval.text_encoder.head.weight) in trained
-    with pytest.raises(ValueError, match="optimizer"):
-        RACSettings(optimizer="adam")
 
 
 def test_head_is_centred_on_the_training_queries(splits, raw_setup):
@@ -263,27 +276,44 @@ def test_head_is_centred_on_the_training_queries(splits, raw_setup):
 
 
 # ================================================================================================ bad input
-def test_bad_configurations_are_errors(splits, raw_setup):
-    with pytest.raises(ValueError, match="k must be"):
-        RACSettings(k=0)
-    with pytest.raises(ValueError, match="drop_self"):
-        RACSettings(drop_self="last")
-    with pytest.raises(ValueError, match="needs precompute=True"):
-        RACSettings(cache_text=True, precompute=False)
-    with pytest.raises(ValueError, match="frozen T"):
-        RACSettings(text_encoder="minilm", cache_text=True, train_transformer=True)
-    with pytest.raises(ValueError, match="mode must be"):
-        build_rac_classifier(splits, mode="ensemble")
-    with pytest.raises(ValueError, match="needs a RetrievalSetup"):
-        build_rac_classifier(splits, mode="retrieval")
+@pytest.mark.parametrize("options, message", [
+    ({"k": 0}, "k must be an integer >= 1"),
+    ({"k": 2.5}, "k must be an integer >= 1"),
+    ({"drop_self": "last"}, "drop_self must be one of"),
+    ({"text_encoder": "glove"}, "text_encoder must be one of"),
+    ({"optimizer": "adam"}, "optimizer must be one of"),
+    ({"label_smoothing": 1.0}, r"label_smoothing must be a finite number in \[0.0, 1.0\)"),
+    ({"tau": -1.0}, "tau must be a finite number >= 0.0"),
+    ({"lr": 0.0}, "lr must be a finite number > 0.0"),
+    ({"cache_text": True, "precompute": False}, "needs precompute=True"),
+    ({"text_encoder": "minilm", "cache_text": True, "train_transformer": True}, "frozen T"),
+])
+def test_bad_settings_are_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        RACSettings(**options)
 
 
-def test_lookups_name_the_split_and_range(splits, raw_setup):
-    classifier = build_rac_classifier(splits, RACSettings(k=K), setup=raw_setup, mode="retrieval").eval()
-    images = torch.zeros(2, 1, 28, 28)
-    with classifier.evaluating_on("open_set"), pytest.raises(KeyError, match="open_set"):
-        classifier(images, torch.tensor([0, 1]))
-    with pytest.raises(IndexError, match="out of range"):
-        classifier(images, torch.tensor([0, 12]))
-    with pytest.raises(ValueError, match="indices"):
-        classifier(images)
+@pytest.mark.hostile
+@pytest.mark.parametrize("name", ["tau", "lr", "weight_decay", "transformer_lr", "transformer_weight_decay"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_settings_are_refused(name, value):
+    """``x < 0`` lets NaN through: every float setting must be finite."""
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        RACSettings(**{name: value})
+
+
+def test_the_bag_of_words_ignores_train_transformer(splits, raw_setup):
+    settings = RACSettings(k=K, train_transformer=True, cache_text=True)  # no transformer to train: cacheable
+    assert not settings.fine_tunes_transformer and RACSettings(text_encoder="clip", train_transformer=True
+                                                               ).fine_tunes_transformer
+    classifier = build_rac_classifier(splits, settings, setup=raw_setup, backbone="test_resnet")
+    assert classifier.text_encoder_mode == "frozen, cached" and classifier.transformer_parameters() == []
+
+
+@pytest.mark.parametrize("mode, setup, message", [
+    ("ensemble", None, r"mode must be one of \['base', 'rac', 'retrieval'\]"),
+    ("retrieval", None, "needs a RetrievalSetup"),
+])
+def test_bad_builds_are_errors(splits, mode, setup, message):
+    with pytest.raises(ValueError, match=message):
+        build_rac_classifier(splits, mode=mode, setup=setup)

@@ -73,3 +73,26 @@ def test_a_reproduction_writes_its_results_beside_its_notebooks_not_over_the_rec
     assert "LTCORE_OUTPUT_DIR" not in rep.os.environ       # for that call only: a second call picks its own folder
     rep.reproduce("quick", output_dir=tmp_path / "again", jobs=1)
     assert (tmp_path / "again" / "results" / "reproduce_probe.json").is_file()
+
+
+def test_a_plan_checks_everything_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(rep, "NOTEBOOK_DIR", tmp_path)
+    write_notebook(tmp_path / "01_x.ipynb", ["print(VALUE)"])
+    write_notebook(tmp_path / "02_y.ipynb", ["print(VALUE)"])
+    plan = rep.plan_runs("full", output_dir=tmp_path / "out", only=["02"], extra={"VALUE": 3})
+    assert [(nb.name, out, params) for nb, out, params in plan.runs] == \
+        [("02_y.ipynb", tmp_path / "out" / "02_y.ipynb", {"PROFILE": "full", "VALUE": 3})]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match=r"matches \['99'\]"):
+        rep.plan_runs("quick", only=["99"])
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("call, error, says", [
+    (lambda: rep.notebooks([]), ValueError, "only is empty: name at least one notebook prefix"),
+    (lambda: rep.reproduce("quick", jobs=0), ValueError, "jobs must be at least 1, got 0"),
+    (lambda: rep.reproduce("quick", jobs=True), ValueError, "jobs must be at least 1, got True"),
+])
+def test_an_empty_selection_or_no_jobs_is_an_error_not_every_notebook(call, error, says):
+    with pytest.raises(error, match=says):
+        call()

@@ -1,10 +1,14 @@
-"""compare_with_recorded: how the notebook tests check a re-run against the committed results/."""
+"""Results files (standard JSON, read back checked) and compare_with_recorded: how the notebook tests check a
+re-run against the committed results/."""
 import copy
+import json
+import math
 
+import numpy as np
 import pytest
 
 from ltcore.paths import REPO_ROOT
-from ltcore.results import RecordedResultsMismatch, compare_with_recorded, load_results
+from ltcore.results import RecordedResultsMismatch, compare_with_recorded, load_results, save_results
 
 
 @pytest.fixture
@@ -40,3 +44,50 @@ def test_nothing_is_compared_for_the_record_itself_or_other_datasets(recorded, m
     assert "other datasets" in compare_with_recorded(rows, "06_iem_seeds")
     monkeypatch.delenv("LTCORE_OUTPUT_DIR")
     assert "writes the record" in compare_with_recorded([], "06_iem_seeds")
+
+
+# --------------------------------------------------------------------------- standard files
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.hostile
+def test_results_files_are_standard_json_with_nan_as_null_and_numpy_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTCORE_OUTPUT_DIR", str(tmp_path))
+    rows = [{"dataset": "d", "method": "m", "many": float("nan"), "medium": np.float32(50.5), "few": float("inf"),
+             "overall": np.float64(-math.inf), "seconds": np.int64(3), "seed": np.int32(1), "ok": np.bool_(True),
+             "per_class": np.array([1, 2])}]
+    path = save_results(rows, "standard")
+    written = strict_json(path.read_text())
+    assert written == [{"dataset": "d", "method": "m", "many": None, "medium": 50.5, "few": None, "overall": None,
+                        "seconds": 3, "seed": 1, "ok": True, "per_class": [1, 2]}]
+    assert type(written[0]["seconds"]) is int and load_results("standard") == written
+    csv_lines = (tmp_path / "results" / "standard.csv").read_text().splitlines()
+    assert csv_lines[1].startswith("d,m,,50.5,,,3,")               # NaN and inf are empty cells, not "nan"
+
+
+@pytest.mark.parametrize("rows, says", [
+    ([{"method": object()}], r"results row 0 of 'bad'\['method'\] is a object, which a results file cannot hold"),
+    ([{"method": "m"}, ["not", "a", "dict"]], "results row 1 of 'bad' must be a dict, got list"),
+])
+def test_what_json_cannot_hold_is_an_error_naming_the_row(tmp_path, monkeypatch, rows, says):
+    monkeypatch.setenv("LTCORE_OUTPUT_DIR", str(tmp_path))
+    with pytest.raises(TypeError, match=says):
+        save_results(rows, "bad")
+    assert not (tmp_path / "results" / "bad.json").exists()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("content, says", [
+    (b'[{"method": "m", "overall": NaN}]', "is not valid JSON: NaN is not standard JSON"),
+    (b'[{"method": "m"', "is not valid JSON: Expecting"),
+    (b'{"method": "m"}', "does not hold a list of rows"),
+    (b'[1, 2]', "does not hold a list of rows"),
+    (b'\xff\xfe[]', "is not UTF-8 text"),
+])
+def test_a_results_file_that_is_not_standard_json_rows_is_an_error_naming_it(tmp_path, content, says):
+    (tmp_path / "table.json").write_bytes(content)
+    with pytest.raises(ValueError, match=f"results file {tmp_path / 'table.json'} {says}"):
+        load_results("table", tmp_path)

@@ -190,8 +190,8 @@ def _per_class_loop(queries: torch.Tensor, banks: list[tuple[torch.Tensor, torch
     for c, (keys, values) in enumerate(banks):
         if len(keys) == 0:
             continue
-        dist = _distances(queries, query_sq, keys)                      # [B, L]
-        top_dist, top_index = dist.topk(min(top_n, len(keys)), dim=1, largest=False)
+        top_rank, top_index = _ranking(queries, keys).topk(min(top_n, len(keys)), dim=1, largest=False)  # [B, n]
+        top_dist = top_rank.add_(query_sq).clamp_min_(0)                # + ||q||^2: squared distances
         similarity = (top_dist + delta).reciprocal_()                   # 1 / x, as read_all writes it
         scores[:, c] = (similarity * values[top_index]).sum(1) / similarity.sum(1)
     return scores
@@ -203,18 +203,17 @@ def _read_loop(memory: EpisodicMemory, queries: torch.Tensor) -> torch.Tensor:
                         for c in range(memory.num_classes)], dim=1)
 
 
-def _distances(queries: torch.Tensor, query_sq: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Squared distances [B, L] as read_all computes them: ||q||^2 + ||k||^2 - 2 q.k."""
-    return torch.addmm(keys.square().sum(1), queries, keys.T, alpha=-2).add_(query_sq).clamp_min_(0)
+def _ranking(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """[B, L] ||k||^2 - 2 q.k, which ranks a bank's keys like ||q - k||^2, as read_all ranks them."""
+    return torch.addmm(keys.square().sum(1), queries, keys.T, alpha=-2)
 
 
 def _boundary_ties(queries: torch.Tensor, banks: list, top_n: int) -> torch.Tensor:
-    """[B, C] True where the n-th and (n+1)-th smallest distance of the bank are equal."""
-    query_sq = queries.square().sum(1, keepdim=True)
+    """[B, C] True where the n-th and (n+1)-th smallest distance of the bank are equal (in read_all's ranking)."""
     ties = torch.zeros(len(queries), len(banks), dtype=torch.bool, device=queries.device)
     for c, (keys, _) in enumerate(banks):
         if len(keys) > top_n:
-            smallest = _distances(queries, query_sq, keys).topk(top_n + 1, dim=1, largest=False).values  # sorted
+            smallest = _ranking(queries, keys).topk(top_n + 1, dim=1, largest=False).values  # sorted
             ties[:, c] = smallest[:, -1] == smallest[:, -2]
     return ties
 

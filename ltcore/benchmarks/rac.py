@@ -6,19 +6,20 @@ does increase the training time by a factor of 1.5-2x", and Table 5 (Places365-L
 23.6, RAC with the random bag of words ("Rand.") 28.3 (1.20x), RAC with CLIP's text encoder 44.3 (1.88x).
 
 Targets (quick setting): RAC with the bag-of-words T <= 1.2x the base-only step; RAC with a transformer T
-(MiniLM) <= 1.5x. Each row says how T runs ("frozen, cached" = T's transformer frozen and its per-query
-embeddings cached, :mod:`ltcore.rac.train`; "frozen" = run on every batch without gradient; "fine-tuned" = run
-and back-propagated on every batch, the paper's) and where the neighbours come from ("precomputed" = looked
-up by dataset index; "on-line" = E embeds each augmented batch and the HNSW index is searched, the paper's).
+(MiniLM) <= 1.5x. Each row says how T runs (:attr:`ltcore.rac.classifier.RACClassifier.text_encoder_mode`:
+"frozen, cached" = T's transformer frozen and its per-query embeddings cached; "frozen" = run on every batch
+without gradient; "fine-tuned" = run and back-propagated on every batch, the paper's) and where the neighbours
+come from ("precomputed" = looked up by dataset index; "on-line" = E embeds each augmented batch and the HNSW
+index is searched, the paper's).
 
 Method: one process, one thread (``--threads``), base branch resnet10_tiny, batch 128, k = 30, Fashion-MNIST-LT
 (``--quick``: its head class cut to 250 images, ~600 training images, so that the one-off caches take seconds;
 the step itself does not depend on the training-set size). Every configuration is built first (its one-off
 costs reported), then one training step (:func:`ltcore.train.optimization_step`: the loss, backward,
 optimizer steps, what :func:`ltcore.train.fit` does per batch, on batches already in memory, so data loading,
-identical for all, is left out) is timed round-robin over the configurations, the same batch for all in a round; a configuration's
-time is the median over its rounds, in wall-clock and in this process's CPU time (the CPU time is what an idle
-machine would show; the wall time includes waiting for a shared CPU). Every configuration uses the same AdamW
+identical for all, is left out) is timed round-robin over the configurations, the same batch for all in a
+round; a configuration's time is the median over its rounds, in wall-clock and in this process's CPU time (the
+CPU time is what an idle machine would show; the wall time includes waiting for a shared CPU). Every configuration uses the same AdamW
 optimizer (``RACSettings()``'s default), so the ratios isolate the retrieval branch.
 
 Run: ``python -m ltcore bench rac [--quick] [--rounds N] [--threads N] [--no-finetune]``.
@@ -38,7 +39,8 @@ from torch.utils.data import DataLoader
 from ltcore.config import seed_everything
 from ltcore.data import build_dataset
 from ltcore.paper_tables import RAC_TABLE5
-from ltcore.rac.train import RACClassifier, RACSettings, build_retrieval_setup, build_rac_classifier
+from ltcore.rac.classifier import RACClassifier
+from ltcore.rac.train import RACSettings, build_rac_classifier, build_retrieval_setup
 from ltcore.train import TrainConfig, optimization_step
 
 TARGETS = {"bow_random": 1.2, "minilm": 1.5}
@@ -79,9 +81,7 @@ def describe(case: Case, classifier: RACClassifier) -> tuple[str, str]:
     """(how T runs, where the neighbours come from) of a built configuration."""
     if case.mode == "base":
         return "-", "-"
-    text = classifier.model.retrieval.text_encoder
-    t_runs = "fine-tuned" if text.train_transformer else ("frozen, cached" if classifier.text_tables else "frozen")
-    return t_runs, "precomputed" if classifier.neighbour_tables else "on-line"
+    return classifier.text_encoder_mode, "precomputed" if classifier.neighbour_tables else "on-line"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,13 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
     base_cpu = statistics.median(built[0][5])
     rows = []
     for case, classifier, _, one_off, walls, cpus in built:
-        t_runs, neighbours = describe(case, classifier)
+        text_encoder_mode, neighbours = describe(case, classifier)
         wall, cpu = statistics.median(walls), statistics.median(cpus)
         target = TARGETS.get(case.settings.text_encoder) if case.mode != "base" else None
         ratio = cpu / base_cpu
-        rows.append({"configuration": case.label, "T": t_runs, "neighbours": neighbours, "rounds": len(walls),
-                     "step_wall_s": wall, "step_cpu_s": cpu, "ratio_wall": wall / base_wall, "ratio_cpu": ratio,
-                     "one_off_s": one_off if case.mode != "base" else 0.0, "target": target,
+        rows.append({"configuration": case.label, "T": text_encoder_mode, "neighbours": neighbours,
+                     "rounds": len(walls), "step_wall_s": wall, "step_cpu_s": cpu, "ratio_wall": wall / base_wall,
+                     "ratio_cpu": ratio, "one_off_s": one_off if case.mode != "base" else 0.0, "target": target,
                      "met": None if target is None else ratio <= target})
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

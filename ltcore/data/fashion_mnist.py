@@ -10,6 +10,10 @@ split (ratio 100, ``n_max=1000``: 1000, 599, 359, 215, 129, 77, 46, 27, 16, 10
 images), carves a small balanced validation split from the unused train images,
 and tests on the official balanced test split.
 
+Where the files are looked for (:func:`candidate_dirs`): the folder given as ``root=``, else
+``$LTCORE_FASHION_MNIST``, and only that folder -- if it lacks a file, the error names it; else the
+default places in order, where a folder holding only some of the four files is an error too.
+
 Taught in notebook 01, *A long-tailed Fashion-MNIST*.
 """
 from __future__ import annotations
@@ -43,24 +47,45 @@ INSTALL_HINT = (f"install it with `sudo apt-get install {DEBIAN_PACKAGE}` (Debia
                 "fashion_mnist` on a machine with internet access")
 
 
-def candidate_dirs(root: Optional[str | os.PathLike] = None) -> list[Path]:
-    """Folders searched for the IDX files, in order."""
-    dirs = [Path(root)] if root is not None else []
+def candidate_dirs(root: Optional[str | os.PathLike] = None) -> list[tuple[Path, str]]:
+    """Folders searched for the IDX files, in order, each with where it came from.
+
+    A folder the user named -- ``root``, else ``$LTCORE_FASHION_MNIST`` -- is the only candidate: if it does
+    not hold the files, that is an error naming it, never a quiet switch to another copy. Otherwise the
+    default places: ``$LTCORE_DATA/fashion-mnist``, ``$LTCORE_DATA/FashionMNIST/raw`` (torchvision's download)
+    and the Debian package's folder. ``LTCORE_DATA`` is shared by every dataset, so a data folder without
+    Fashion-MNIST falls through to the Debian copy (the same official files).
+    """
+    if root is not None:
+        return [(Path(root), "the root= argument")]
     if os.environ.get(ENV_VAR):
-        dirs.append(Path(os.environ[ENV_VAR]))
-    dirs += [data_dir() / "fashion-mnist", data_dir() / "FashionMNIST" / "raw", DEBIAN_DIR]
-    return dirs
+        return [(Path(os.environ[ENV_VAR]), f"${ENV_VAR}")]
+    return [(data_dir() / "fashion-mnist", "the data folder, LTCORE_DATA"),
+            (data_dir() / "FashionMNIST" / "raw", "torchvision's download into the data folder"),
+            (DEBIAN_DIR, f"the Debian package {DEBIAN_PACKAGE}")]
 
 
 def find_fashion_mnist(root: Optional[str | os.PathLike] = None) -> Path:
-    """The first candidate folder holding all four IDX files, or a clear error naming where we looked."""
+    """The candidate folder holding all four IDX files, or a clear error naming where we looked.
+
+    Errors: a folder named by ``root`` or ``$LTCORE_FASHION_MNIST`` without all four files, and a default
+    folder holding only some of them (a partial copy is not skipped: it is probably an interrupted download).
+    """
     looked = candidate_dirs(root)
-    for folder in looked:
-        if all((folder / name).is_file() for name in FILES.values()):
+    named_by_user = root is not None or bool(os.environ.get(ENV_VAR))
+    for folder, source in looked:
+        missing = [name for name in FILES.values() if not (folder / name).is_file()]
+        if not missing:
             return folder
+        if named_by_user or len(missing) < len(FILES):
+            state = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
+            raise FileNotFoundError(
+                f"Fashion-MNIST folder {folder} (from {source}) {state}; it must hold all of "
+                f"{', '.join(FILES.values())}. To get them, {INSTALL_HINT}."
+            )
     raise FileNotFoundError(
         "Fashion-MNIST not found. Looked for " + ", ".join(FILES.values()) + " in: "
-        + ", ".join(str(d) for d in looked) + f". To get it, {INSTALL_HINT}."
+        + ", ".join(f"{folder} ({source})" for folder, source in looked) + f". To get it, {INSTALL_HINT}."
     )
 
 
@@ -93,7 +118,8 @@ def load_fashion_mnist(root: Optional[str | os.PathLike] = None) -> dict[str, np
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
-            raise ValueError(f"{folder}: {split} images ({len(images)}) and labels ({len(labels)}) differ")
+            raise ValueError(f"{folder / FILES[f'{split}_images']} holds {len(images)} images but "
+                             f"{folder / FILES[f'{split}_labels']} holds {len(labels)} labels")
         if labels.max() >= len(CLASS_NAMES):
             raise ValueError(f"{folder / FILES[f'{split}_labels']}: label {labels.max()} outside [0, 10)")
     return arrays

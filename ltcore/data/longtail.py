@@ -7,11 +7,13 @@ half the classes at ``n_max`` and half at ``n_max / imbalance_ratio`` ("step").
 The many / medium / few groups used by both papers are defined on these counts
 (see :mod:`ltcore.metrics`).
 
-Taught in notebook 01, *What a long tail is*.
+Taught in notebook 01, *How the standard benchmarks are built*.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ltcore.checks import check_choice, check_float, check_int
 
 PROFILES = ("exp", "step")
 
@@ -22,14 +24,10 @@ def longtail_counts(n_max: int, n_classes: int, imbalance_ratio: float, profile:
     exp:  ``int(n_max * imbalance_ratio ** (-i / (n_classes - 1)))`` for class ``i``.
     step: the first ``n_classes // 2`` classes keep ``n_max``, the rest ``int(n_max / imbalance_ratio)``.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    if n_max < 1:
-        raise ValueError(f"n_max must be a positive integer, got {n_max}")
-    if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio must be >= 1 (head / tail), got {imbalance_ratio}")
+    check_choice("profile", profile, PROFILES)
+    n_classes = check_int("n_classes", n_classes, low=2)
+    n_max = check_int("n_max", n_max, low=1)
+    imbalance_ratio = check_float("imbalance_ratio (head / tail)", imbalance_ratio, low=1)
     if profile == "exp":
         counts = [int(n_max * imbalance_ratio ** (-i / (n_classes - 1))) for i in range(n_classes)]
     else:
@@ -72,8 +70,7 @@ def validation_indices(labels: np.ndarray, train_idx: np.ndarray, val_per_class:
 
     Drawn with ``seed + 1``; raises, naming the class, if one has too few unused images.
     """
-    if val_per_class < 0:
-        raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
+    val_per_class = check_int("val_per_class", val_per_class, low=0)
     unused = np.setdiff1d(np.arange(len(labels)), train_idx)
     spare = np.bincount(labels[unused], minlength=num_classes)
     short = np.flatnonzero(spare < val_per_class)

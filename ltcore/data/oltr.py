@@ -15,10 +15,14 @@ Class counts are the training-split label histogram; class names come from
 ``{benchmark}_classnames.txt`` or ``classnames.txt`` in ``split_dir`` (one per line) if present,
 else ``class_{i}``.
 
+A root named by ``root`` or the environment variable must exist (an error names it); it is never
+replaced by another folder. Each split lists an image once (a repeat is an error naming both lines);
+an image listed in two splits is reported with a :class:`ltcore.data.files.SplitOverlapWarning`.
+
 Our reading: the OLTR open split is evaluated with the same transform as the test split; the open
 split is optional (SUN-LT has none) and may only carry labels in ``[0, num_classes)`` or -1.
 
-Taught in notebook 01, *Real long-tailed benchmarks*.
+Taught in notebook 01, *How the standard benchmarks are built*.
 """
 from __future__ import annotations
 
@@ -27,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from ltcore.checks import check_choice, check_int
 from ltcore.data.datasets import LTSplits, class_counts_of
 from ltcore.data.files import (build_image_list, default_class_names, parse_split_file, read_class_names,
-                               require_files, resolve_root, split_transforms)
+                               require_files, resolve_root, split_transforms, warn_on_overlap)
 
 
 @dataclass(frozen=True)
@@ -89,13 +94,10 @@ def build_oltr_lt(benchmark: str, root: Optional[str | os.PathLike] = None,
 
     Items are ``(image [3, image_size, image_size], label, index)``; open-set items have label -1.
     """
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown OLTR benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
-    spec = BENCHMARKS[benchmark]
-    num_classes = spec.num_classes if num_classes is None else int(num_classes)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
-    image_root = resolve_root(root, spec.env_var, spec.name)
+    spec = BENCHMARKS[check_choice("benchmark", benchmark, BENCHMARKS)]
+    num_classes = spec.num_classes if num_classes is None else check_int("num_classes", num_classes, low=1)
+    data_root = resolve_root(root, spec.env_var, spec.name)
+    image_root = data_root.path
     split_dir = image_root if split_dir is None else Path(split_dir)
     files = split_files(spec, split_dir)
     from ltcore.data.registry import DATASETS  # the registry imports builders lazily: no import cycle
@@ -103,8 +105,8 @@ def build_oltr_lt(benchmark: str, root: Optional[str | os.PathLike] = None,
     require_files(
         [files[split] for split in REQUIRED_SPLITS], f"{benchmark} split files not found in {split_dir}",
         DATASETS[spec.registry_name].how_to_get,
-        hint=f"Pass split_dir= / root=, or set {spec.env_var} (images) or LTCORE_DATA "
-             f"(looks in LTCORE_DATA/{benchmark}). ",
+        hint=f"The image root is {data_root}. Pass split_dir= / root=, or set {spec.env_var} (images) or "
+             f"LTCORE_DATA (looks in LTCORE_DATA/{benchmark}). ",
     )
     class_names = find_class_names(spec, split_dir, num_classes, class_names_file)
     train_tf, eval_tf = split_transforms(transform, train_transform, image_size, resize_size)
@@ -113,13 +115,15 @@ def build_oltr_lt(benchmark: str, root: Optional[str | os.PathLike] = None,
         entries = parse_split_file(files[split], num_classes, open_split=open_split)
         return build_image_list(image_root, entries, str(files[split]), tf, class_names, check_files)
 
-    train = load("train", train_tf)
+    splits = {split: load(split, train_tf if split == "train" else eval_tf, open_split=split == "open")
+              for split in (*REQUIRED_SPLITS, "open") if split in REQUIRED_SPLITS or files[split].is_file()}
+    warn_on_overlap({str(files[split]): dataset.entries for split, dataset in splits.items()})
     return LTSplits(
         name=spec.registry_name,
-        train=train,
-        val=load("val", eval_tf),
-        test=load("test", eval_tf),
-        class_counts=class_counts_of(train.labels, num_classes),
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        class_counts=class_counts_of(splits["train"].labels, num_classes),
         class_names=class_names,
-        open_set=load("open", eval_tf, open_split=True) if files["open"].is_file() else None,
+        open_set=splits.get("open"),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ltcore.checks import check_int
 from ltcore.data.datasets import OPEN_LABEL, ArrayDataset
 
 
@@ -27,10 +28,10 @@ def digits_open_set(n: int | None = 1000, size: int = 28, seed: int = 0) -> Arra
         raise ImportError("the digits open set needs scikit-learn: pip install scikit-learn") from exc
     images = load_digits().images  # (1797, 8, 8), values 0..16
     if n is not None:
-        if not 0 < n <= len(images):
-            raise ValueError(f"n must be in [1, {len(images)}], got {n}")
+        n = check_int("n", n, 1, len(images))
         images = images[np.sort(np.random.default_rng(seed).permutation(len(images))[:n])]
+    # (N, 8, 8) -> (N, 1, 8, 8) -> (N, 1, size, size) -> (N, size, size)
     resized = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(size, size),
-                                              mode="bilinear", align_corners=False)[:, 0]  # (N, 8, 8) -> (N, size, size)
+                                              mode="bilinear", align_corners=False)[:, 0]
     as_uint8 = (resized / 16.0 * 255.0).clamp(0, 255).round().to(torch.uint8).numpy()
     return ArrayDataset(as_uint8, np.full(len(as_uint8), OPEN_LABEL), class_names=["open"])

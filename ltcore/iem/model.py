@@ -64,31 +64,31 @@ Interpretations (the paper is under-specified in these places)
   global and local scores of a class averaged), and the final score
   ``logits = (softmax(y') + m) / 2``: two predictions averaged, so the classifier keeps weight 1/2
   in every ablation. The final score is not normalised over classes (each memory score is a
-  per-class probability); :func:`open_set_metrics` thresholds it as it is
+  per-class probability); :func:`ltcore.iem.train.open_set_metrics` thresholds it as it is
   (``ltcore.metrics.open_set_predictions(..., normalized=False)``).
 * Optimizers (4.2): SGD(backbone + RSA + head) and the memories' own lazy Adam
   (:class:`ltcore.iem.memory.MemoryOptimizer`). The memory lr is ``memory_kwargs["lr"]`` (paper 1e-5).
 
-Taught in notebook 06, *IEM results*.
+Taught in notebook 06, *The IEM classifier, sentence by sentence*.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltcore.checks import check_choice, check_float, check_int, check_labels
 from ltcore.iem.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
-from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure, open_set_predictions
-from ltcore.models import build_backbone
 from ltcore.iem.rsa import RegionSelfAttention, region_partition, region_sums
+from ltcore.models import build_backbone
 from ltcore.train import TrainConfig, call_loss, default_optimizers
 
-__all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "check_memory_fits", "build_iem",
-           "hard_negatives", "open_set_metrics"]
+__all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "build_iem", "check_memory_fits",
+           "hard_negatives"]
 
 # Table 5's rows: ablation key -> (method name, switches turned off).
 ABLATIONS: dict[Optional[str], tuple[str, dict]] = {
@@ -132,31 +132,6 @@ def hard_negatives(logits: Tensor, labels: Tensor) -> Tensor:
     return masked.argmax(1)
 
 
-def open_set_metrics(known_scores: np.ndarray, known_labels: np.ndarray, open_scores: np.ndarray,
-                     class_counts: np.ndarray, threshold: float) -> dict[str, float]:
-    """IEM Table 4's open-set columns (OLTR protocol) for one model's scores.
-
-    known_scores [N, L] and known_labels [N] on the closed test set, open_scores [M, L] on the open
-    set (label -1). Predictions are ``ltcore.metrics.open_set_predictions`` with ``normalized=False`` (IEM's
-    averaged score does not sum to 1 over classes and may leave [0, 1] slightly: memory values are not
-    clamped); returns ``f_measure``
-    (``ltcore.metrics.open_set_f_measure``, OLTR's current rule) and ``open_many`` / ``open_medium``
-    / ``open_few`` / ``open_overall`` (``known_class_shot_accuracy``: known-class samples only,
-    rejections count as wrong), accuracies as fractions.
-
-    Taught in notebook 06, *IEM results*.
-    """
-    if known_scores.ndim != 2 or open_scores.ndim != 2 or known_scores.shape[1] != open_scores.shape[1]:
-        raise ValueError(f"known_scores {known_scores.shape} and open_scores {open_scores.shape} must be [N, L] "
-                         "with the same number of classes")
-    predictions = open_set_predictions(np.concatenate([known_scores, open_scores]), threshold,
-                                       normalized=False)                                       # [N + M]
-    labels = np.concatenate([np.asarray(known_labels), np.full(len(open_scores), -1)])        # [N + M]
-    shots = known_class_shot_accuracy(predictions, labels, class_counts)
-    return {"f_measure": open_set_f_measure(predictions, labels),
-            **{f"open_{key}": value for key, value in shots.as_row().items() if key != "top1"}}
-
-
 class IEMClassifier(nn.Module):
     """Backbone + RSA (or GAP) + linear head, with a global and a local episodic memory (Section 3.3).
 
@@ -171,23 +146,20 @@ class IEMClassifier(nn.Module):
         regions_per_image: k regions written to and read from the local memory per image (None: all R).
         warmup_epochs: epochs (from 0) during which the memories are only written and the loss is CE.
 
-    Taught in notebook 06, *IEM results*.
+    Taught in notebook 06, *The IEM classifier, sentence by sentence*.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, use_rsa: bool = True, use_global_memory: bool = True,
                  use_local_memory: bool = True, memory_kwargs: Optional[dict] = None, rsa_kwargs: Optional[dict] = None,
                  regions_per_image: Optional[int] = 4, warmup_epochs: int = 1):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2 (eq. 15 needs a negative class), got {num_classes!r}")
+        num_classes = check_int("num_classes (eq. 15 needs a negative class)", num_classes, 2)
         if not (use_global_memory or use_local_memory):
             raise ValueError("IEM needs at least one memory; without both it is the plain model "
                              "(ltcore.models.PlainClassifier)")
-        if regions_per_image is not None and (isinstance(regions_per_image, bool)
-                                              or not isinstance(regions_per_image, int) or regions_per_image < 1):
-            raise ValueError(f"regions_per_image must be a positive int or None, got {regions_per_image!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
+        if regions_per_image is not None:
+            regions_per_image = check_int("regions_per_image (or None)", regions_per_image, 1)
+        warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
         channels = getattr(backbone, "out_dim", None)
         if not isinstance(channels, int):
             raise ValueError("backbone must expose its output channels as an int attribute out_dim")
@@ -200,7 +172,8 @@ class IEMClassifier(nn.Module):
             head_dim, local_dim = self.rsa.out_dim, self.rsa.attention_dim
         else:
             self.rsa = None
-            self._region_cache: dict[tuple[int, int], Tensor] = {}
+            _check_unused_rsa_settings(rsa_kwargs)
+            self._regions_by_map_size: dict[tuple[int, int], Tensor] = {}
             # eq. 6 on f itself needs only the partition: keep its settings for the pooled regions
             self._partition = {key: rsa_kwargs[key] for key in ("h_max", "w_max", "mode", "border") if key in rsa_kwargs}
             region_partition(rsa_kwargs["h_max"], rsa_kwargs["w_max"], **self._partition)  # fail early on bad settings
@@ -223,7 +196,7 @@ class IEMClassifier(nn.Module):
 
         Every step writes its batch (warm-up included): one key per image to the global memory,
         ``regions_per_image`` to the local one; see :func:`ltcore.iem.memory.projected_bank_sizes`.
-        Taught in notebook 06, *IEM results*.
+        Taught in notebook 06, *The IEM classifier, sentence by sentence*.
         """
         projection = {}
         for name, memory in self.memories.items():
@@ -252,9 +225,9 @@ class IEMClassifier(nn.Module):
             if self.local_memory is None:
                 pooled = self.rsa(feature_map)                                 # [B, C]
             else:
-                out = self.rsa(feature_map, return_weights=True, return_regions=True)
-                pooled = out.feature                                           # [B, C]
-                region_keys = self._top_regions(out.region_features, out.weights)  # [B, R, D] -> [B, k, D]
+                attention = self.rsa(feature_map, return_weights=True, return_regions=True)
+                pooled = attention.feature                                     # [B, C]
+                region_keys = self._top_regions(attention.region_features, attention.weights)  # [B, R, D] -> [B, k, D]
         else:
             pooled = global_keys  # "replace the region self-attention mechanism with a simple average pooling"
             if self.local_memory is not None:
@@ -265,9 +238,9 @@ class IEMClassifier(nn.Module):
     def _pooled_regions(self, feature_map: Tensor) -> Tensor:
         """Average pooling over every region (eq. 6 on f): [B, C, H, W] -> [B, R, C]."""
         size = tuple(feature_map.shape[-2:])
-        if size not in self._region_cache:
-            self._region_cache[size] = region_partition(*size, **self._partition)  # [R, 4]
-        regions = self._region_cache[size].to(feature_map.device)
+        if size not in self._regions_by_map_size:
+            self._regions_by_map_size[size] = region_partition(*size, **self._partition)  # [R, 4]
+        regions = self._regions_by_map_size[size].to(feature_map.device)
         area = (regions[:, 2] * regions[:, 3]).to(feature_map.dtype)           # [R]
         return region_sums(feature_map, regions) / area[None, :, None]         # [B, R, C] / [1, R, 1]
 
@@ -291,10 +264,10 @@ class IEMClassifier(nn.Module):
     def _read(self, name: str, features: IEMFeatures, classes: Tensor) -> Tensor:
         """READ of eq. 14-15: bank ``classes[i]`` of memory ``name`` for image i -> scores [B].
 
-        A local read averages the k regions of an image. (Reading the positive and the negative
-        banks in one call would save ~2% of a step, but it changes the order in which float
-        gradients are summed, and that alone moved notebook 06's single-seed IEM result from 42.1
-        to 43.2 overall: the run-to-run noise is at least that large.)
+        A local read averages the k regions of an image. The positive and the negative banks are
+        read in two calls: one call would save ~2% of a step but sums the float gradients in
+        another order, which moves a single-seed result of notebook 06 by about a point (the size
+        of its run-to-run noise) and so away from the recorded results.
         """
         keys, k = self._memory_keys(name, features)                            # [B k, D]
         scores = self.memories[name].read(keys, classes.repeat_interleave(k))  # [B k]
@@ -314,7 +287,7 @@ class IEMClassifier(nn.Module):
 
         Also queues this batch's memory writes (flushed by :meth:`after_optimizer_step`).
         """
-        labels = self._check_labels(labels, len(images))
+        labels = check_labels(labels, self.num_classes, len(images), device=images.device)
         features = self.encode(images)
         terms = {"ce": call_loss(loss_fn, features.logits, labels, epoch)}
         if not self.in_warmup(epoch):
@@ -362,22 +335,24 @@ class IEMClassifier(nn.Module):
         memory = torch.stack(list(branches.values())).mean(0)                  # [M, B, L] -> [B, L]
         return {"logits": (classifier + memory) / 2, "classifier": classifier, "memory": memory, **branches}
 
-    def _check_labels(self, labels: Tensor, batch: int) -> Tensor:
-        labels = torch.as_tensor(labels)
-        if labels.shape != (batch,) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be an integer tensor of shape [{batch}], got {labels.dtype} "
-                             f"{tuple(labels.shape)}")
-        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
-        return labels.long()
+
+
+def _check_unused_rsa_settings(rsa_kwargs: dict) -> None:
+    """Without RSA only the partition settings are used; the others are still checked, so a typo or a
+    non-finite ``eps`` is an error in every ablation."""
+    known = set(inspect.signature(RegionSelfAttention.__init__).parameters) - {"self", "in_dim"}
+    unknown = sorted(set(rsa_kwargs) - known)
+    if unknown:
+        raise ValueError(f"unknown RegionSelfAttention argument(s) {unknown} in rsa_kwargs")
+    if "eps" in rsa_kwargs:
+        check_float("eps", rsa_kwargs["eps"], 0.0)
 
 
 def check_memory_fits(projection: dict[str, dict], device: torch.device | str) -> None:
     """Raise ``MemoryError`` before training when the memories of :meth:`IEMClassifier.projected_memory`
     would outgrow ``device`` (a GPU's total memory; on the CPU the machine's RAM, host bytes included).
 
-    Taught in notebook 06, *IEM results*.
+    Taught in notebook 06, *The IEM classifier, sentence by sentence*.
     """
     device = torch.device(device)
     need = sum(part["device_bytes"] for part in projection.values())
@@ -404,12 +379,10 @@ def build_iem(variant: str = "tiny", num_classes: int = 10, ablation: Optional[s
     replace variant settings (``backbone`` name, ``regions_per_image``, ``warmup_epochs``, ...);
     ``memory_kwargs`` and ``rsa_kwargs`` are merged into the variant's.
 
-    Taught in notebook 06, *IEM results*.
+    Taught in notebook 06, *The IEM classifier, sentence by sentence*.
     """
-    if variant not in IEM_VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(IEM_VARIANTS)}, got {variant!r}")
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {ablation!r}")
+    check_choice("variant", variant, IEM_VARIANTS)
+    check_choice("ablation", ablation, ABLATIONS)
     settings = dict(IEM_VARIANTS[variant])
     for key in ("memory_kwargs", "rsa_kwargs"):
         settings[key] = {**settings.get(key, {}), **(overrides.pop(key, None) or {})}

@@ -3,7 +3,8 @@
 Paper: Zhu & Yang, CVPR 2020, Section 3.2 (region partition, eq. 13). Regions are int64 [R, 4] rows
 ``(top, left, height, width)`` in feature-map cells, as :func:`ltcore.iem.rsa.region_partition` lists them.
 
-Taught in notebook 03, *Region self-attention*.
+Taught in notebook 03, *Region partition (Figure 2)* (:func:`plot_partition`), and notebook 03, *RSA on
+Fashion-MNIST-LT: where does it look?* (:func:`plot_region_attention`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def kernel_groups(regions: Tensor) -> list[tuple[tuple[int, int], Tensor]]:
     if not starts or starts[0] != 0:
         raise ValueError("regions must start with a region at the top-left corner (region_partition order)")
     bounds = starts + [len(regions)]
-    return [((int(regions[a, 2]), int(regions[a, 3])), regions[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [((int(regions[start, 2]), int(regions[start, 3])), regions[start:end])
+            for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 def region_attention_map(weights: Tensor, regions: Tensor, H: int, W: int) -> Tensor:
@@ -50,7 +52,7 @@ def region_attention_map(weights: Tensor, regions: Tensor, H: int, W: int) -> Te
 def _region_patch(region: Sequence[int], scale: float = 1.0, offset: tuple[float, float] = (0.0, 0.0),
                   **style) -> Rectangle:
     """A rectangle over a region; cell c spans pixels [c * scale, (c + 1) * scale), imshow centres pixels on integers."""
-    top, left, height, width = (int(v) for v in region)
+    top, left, height, width = (int(value) for value in region)
     return Rectangle((left * scale - 0.5 + offset[0], top * scale - 0.5 + offset[1]), width * scale, height * scale,
                      **style)
 
@@ -127,9 +129,9 @@ def plot_region_attention(images: Tensor, weights: Tensor, regions: Tensor, map_
         box_ax, mass_ax, relative_ax = axes[:, i]
         box_ax.imshow(picture, cmap="gray")
         order = weights[i].argsort(descending=True)[:top_k]
-        for rank, r in enumerate(order.tolist()):
-            box_ax.add_patch(_region_patch(regions[r], scale, fill=False, ec=TOP_COLORS[rank % len(TOP_COLORS)],
-                                           lw=3.0 - 0.7 * rank, label=f"{float(weights[i, r]):.3f}"))
+        for rank, region in enumerate(order.tolist()):
+            box_ax.add_patch(_region_patch(regions[region], scale, fill=False, ec=TOP_COLORS[rank % len(TOP_COLORS)],
+                                           lw=3.0 - 0.7 * rank, label=f"{float(weights[i, region]):.3f}"))
         box_ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=top_k, fontsize=6, frameon=False,
                       handlelength=0.8, columnspacing=0.5)
         for ax, (pixels, style) in zip((mass_ax, relative_ax), overlays):

@@ -69,6 +69,13 @@ Interpretations (the paper is under-specified in these places)
   sigma is sqrt(eps)). To limit the cancellation in E[k^2] - mu^2, the map is
   centred per channel (variance is shift-invariant) and the tables are
   accumulated in float64, then cast back to the input dtype.
+* Precision. Region sums (eq. 12) of a float16 / bfloat16 map are accumulated
+  in float32 and cast back to the input dtype: a prefix sum over the whole map
+  in half precision loses small regions' sums to rounding and overflows past
+  65,504. The module computes in its parameters' dtype: a feature map of
+  another dtype is a ``ValueError`` naming both (cast the module with
+  ``.half()`` / ``.to(dtype)``, or the map), except under ``torch.autocast``,
+  which casts operation by operation.
 * Shape embedding (eq. 8): ``One-hot(r_h) W_h`` is an embedding lookup in a
   table with h_max rows (r_h = 1..h_max); width likewise. Each has
   ``shape_dim`` = key_dim // 2 columns by default, as Area Attention uses half
@@ -107,6 +114,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltcore.checks import check_choice, check_float, check_int
+
 __all__ = [
     "MODES",
     "BORDERS",
@@ -131,16 +140,9 @@ DEFAULT_EPS = 1e-6
 # --------------------------------------------------------------------------- #
 # Region partition (Fig. 2)
 # --------------------------------------------------------------------------- #
-def _check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _check_mode(mode: str, border: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if border not in BORDERS:
-        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+    check_choice("mode", mode, MODES)
+    check_choice("border", border, BORDERS)
 
 
 def region_kernels(h_max: int, w_max: int) -> list[tuple[int, int]]:
@@ -149,18 +151,15 @@ def region_kernels(h_max: int, w_max: int) -> list[tuple[int, int]]:
     k_h varies slowest: ``region_kernels(2, 2) == [(1, 1), (1, 2), (2, 1), (2, 2)]``,
     the "four kernels" of Fig. 2.
 
-    Taught in notebook 03, *Region self-attention*.
+    Taught in notebook 03, *Region partition (Figure 2)*.
     """
-    _check_positive_int(h_max, "h_max")
-    _check_positive_int(w_max, "w_max")
+    h_max, w_max = check_int("h_max", h_max, 1), check_int("w_max", w_max, 1)
     return [(k_h, k_w) for k_h in range(1, h_max + 1) for k_w in range(1, w_max + 1)]
 
 
 def _check_map_fits(H: int, W: int, h_max: int, w_max: int) -> None:
-    _check_positive_int(H, "H")
-    _check_positive_int(W, "W")
-    _check_positive_int(h_max, "h_max")
-    _check_positive_int(w_max, "w_max")
+    for name, value in (("H", H), ("W", W), ("h_max", h_max), ("w_max", w_max)):
+        check_int(name, value, 1)
     if h_max > H:
         raise ValueError(f"h_max={h_max} exceeds the feature-map height H={H}")
     if w_max > W:
@@ -190,7 +189,7 @@ def region_partition(
     Rows are grouped by kernel in :func:`region_kernels` order, row-major
     within a kernel. See the module docstring for why sliding is the default.
 
-    Taught in notebook 03, *Region self-attention*.
+    Taught in notebook 03, *Region partition (Figure 2)*.
     """
     _check_mode(mode, border)
     _check_map_fits(H, W, h_max, w_max)
@@ -237,7 +236,7 @@ def _check_feature_map(feature_map: Tensor, name: str = "feature_map") -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {feature_map.dtype}")
 
 
-def _as_regions(regions: Tensor | Sequence[Sequence[int]], H: int, W: int) -> Tensor:
+def _checked_regions(regions: Tensor | Sequence[Sequence[int]], H: int, W: int) -> Tensor:
     """Validate ``regions`` against an H x W map and return them as int64 [R, 4]."""
     regions = torch.as_tensor(regions)
     if regions.dim() != 2 or regions.shape[1] != 4 or regions.shape[0] == 0:
@@ -256,7 +255,8 @@ def _as_regions(regions: Tensor | Sequence[Sequence[int]], H: int, W: int) -> Te
 def summed_area_table(feature_map: Tensor) -> Tensor:
     """Integral image with a zero first row and column: [B, C, H, W] -> [B, C, H+1, W+1].
 
-    ``S[..., y, x]`` is the sum of ``feature_map[..., :y, :x]``.
+    ``S[..., y, x]`` is the sum of ``feature_map[..., :y, :x]``, in the map's dtype (:func:`region_sums`
+    and :func:`region_statistics` pass half-precision maps in at a wider dtype).
     """
     _check_feature_map(feature_map)
     table = feature_map.cumsum(dim=-1).cumsum(dim=-2)  # (B, C, H, W), inclusive prefix sums
@@ -269,7 +269,7 @@ def _region_sums_from_table(table: Tensor, regions: Tensor) -> Tensor:
     The 4-corner formula S[b, r] - S[t, r] - S[b, l] + S[t, l] is applied as one matrix
     product with a [(H+1)(W+1), R] matrix holding +1 / -1 at each region's corners: same
     numbers as gathering the four corners, but its backward is a matrix product too
-    (the gather's backward, a scatter-add, made training several times slower on CPU).
+    (the gather's backward, a scatter-add, is several times slower on CPU).
     """
     row_stride = table.shape[-1]  # W + 1
     top, left, height, width = regions.to(table.device).unbind(dim=1)  # 4 x (R,)
@@ -287,10 +287,14 @@ def _region_sums_from_table(table: Tensor, regions: Tensor) -> Tensor:
 
 
 def region_sums(feature_map: Tensor, regions: Tensor | Sequence[Sequence[int]]) -> Tensor:
-    """Sum of ``feature_map`` [B, C, H, W] over every region [R, 4] at once -> [B, R, C] (eq. 12)."""
+    """Sum of ``feature_map`` [B, C, H, W] over every region [R, 4] at once -> [B, R, C] (eq. 12).
+
+    Half-precision maps are summed in float32 and the sums cast back (see *Precision* in the module docstring).
+    """
     _check_feature_map(feature_map)
-    regions = _as_regions(regions, *feature_map.shape[-2:])
-    return _region_sums_from_table(summed_area_table(feature_map), regions)
+    regions = _checked_regions(regions, *feature_map.shape[-2:])
+    accumulated = feature_map.to(torch.promote_types(feature_map.dtype, torch.float32))  # (B, C, H, W)
+    return _region_sums_from_table(summed_area_table(accumulated), regions).to(feature_map.dtype)  # (B, R, C)
 
 
 def region_statistics(
@@ -303,21 +307,20 @@ def region_statistics(
     whatever the region size. ``std = sqrt(max(E[x^2] - mean^2, 0) + eps)``.
     Returns three [B, R, C] tensors.
 
-    Taught in notebook 03, *Region self-attention*.
+    Taught in notebook 03, *Region statistics with summed-area tables*.
     """
     _check_feature_map(feature_map)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    regions = _as_regions(regions, *feature_map.shape[-2:])
+    check_float("eps", eps, 0.0)
+    regions = _checked_regions(regions, *feature_map.shape[-2:])
     # float64 accumulation: E[x^2] - mean^2 cancels badly in float32 for small variances
     # (1x1 regions have variance 0 and std sqrt(eps)); the maps are small, so this is cheap.
-    work = feature_map.to(torch.promote_types(feature_map.dtype, torch.float64))  # (B, C, H, W)
-    centre = work.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1); variance is shift-invariant
-    centred = work - centre  # (B, C, H, W)
-    both = torch.cat([centred, centred.square()], dim=1)  # (B, C, H, W) x 2 -> (B, 2C, H, W)
-    sums_both = _region_sums_from_table(summed_area_table(both), regions)  # (B, R, 2C)
-    centred_sum, squared_sum = sums_both.chunk(2, dim=-1)  # 2 x (B, R, C)
-    area = (regions[:, 2] * regions[:, 3]).to(work)[None, :, None]  # (R,) -> (1, R, 1)
+    accumulated = feature_map.to(torch.promote_types(feature_map.dtype, torch.float64))  # (B, C, H, W)
+    centre = accumulated.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1); variance is shift-invariant
+    centred = accumulated - centre  # (B, C, H, W)
+    centred_and_squared = torch.cat([centred, centred.square()], dim=1)  # (B, C, H, W) x 2 -> (B, 2C, H, W)
+    region_totals = _region_sums_from_table(summed_area_table(centred_and_squared), regions)  # (B, R, 2C)
+    centred_sum, squared_sum = region_totals.chunk(2, dim=-1)  # 2 x (B, R, C)
+    area = (regions[:, 2] * regions[:, 3]).to(accumulated)[None, :, None]  # (R,) -> (1, R, 1)
     centred_mean = centred_sum / area  # (B, R, C)
     variance = (squared_sum / area - centred_mean.square()).clamp_min(0.0)  # (B, R, C)
     mean = centred_mean + centre.flatten(1)[:, None, :]  # (B, R, C) + (B, 1, C)
@@ -360,7 +363,7 @@ class RegionSelfAttention(nn.Module):
     ``key_hidden`` = W_o, ``key_output`` = W_d (see :meth:`paper_weights`).
     Region lists are cached per (H, W) as non-persistent buffers.
 
-    Taught in notebook 03, *Region self-attention*.
+    Taught in notebook 03, *Region-Key-Encoding and the attention*.
     """
 
     def __init__(
@@ -380,24 +383,17 @@ class RegionSelfAttention(nn.Module):
         uniform_weights: bool = False,
     ) -> None:
         super().__init__()
-        _check_positive_int(in_dim, "in_dim")
-        _check_positive_int(key_dim, "key_dim")
-        _check_positive_int(h_max, "h_max")
-        _check_positive_int(w_max, "w_max")
+        in_dim, key_dim = check_int("in_dim", in_dim, 1), check_int("key_dim", key_dim, 1)
+        h_max, w_max = check_int("h_max", h_max, 1), check_int("w_max", w_max, 1)
         _check_mode(mode, border)
-        value_dim = in_dim if value_dim is None else value_dim
-        shape_dim = max(1, key_dim // 2) if shape_dim is None else shape_dim
-        _check_positive_int(value_dim, "value_dim")
-        _check_positive_int(shape_dim, "shape_dim")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        value_dim = check_int("value_dim", in_dim if value_dim is None else value_dim, 1)
+        shape_dim = check_int("shape_dim", max(1, key_dim // 2) if shape_dim is None else shape_dim, 1)
+        eps = check_float("eps", eps, 0.0)
         self.in_dim, self.key_dim, self.value_dim, self.shape_dim = in_dim, key_dim, value_dim, shape_dim
         self.h_max, self.w_max, self.mode, self.border, self.eps = h_max, w_max, mode, border, eps
         self.uniform_weights = bool(uniform_weights)
         self.attention_dim = key_dim if query_projection else in_dim
-        hidden_dim = self.attention_dim if hidden_dim is None else hidden_dim
-        _check_positive_int(hidden_dim, "hidden_dim")
-        self.hidden_dim = hidden_dim
+        self.hidden_dim = check_int("hidden_dim", self.attention_dim if hidden_dim is None else hidden_dim, 1)
         self.scale = 1.0 / math.sqrt(self.attention_dim)  # 1 / sqrt(d), eq. 13
 
         self.to_key = nn.Conv2d(in_dim, key_dim, kernel_size=1)  # k_ij: per-position linear layer
@@ -405,8 +401,8 @@ class RegionSelfAttention(nn.Module):
         self.to_query = nn.Linear(in_dim, key_dim) if query_projection else None
         self.height_embedding = nn.Embedding(h_max, shape_dim)  # W_h, row r_h - 1 = One-hot(r_h) W_h
         self.width_embedding = nn.Embedding(w_max, shape_dim)  # W_w
-        self.key_hidden = nn.Linear(2 * key_dim + 2 * shape_dim, hidden_dim)  # W_o
-        self.key_output = nn.Linear(hidden_dim, self.attention_dim)  # W_d
+        self.key_hidden = nn.Linear(2 * key_dim + 2 * shape_dim, self.hidden_dim)  # W_o
+        self.key_output = nn.Linear(self.hidden_dim, self.attention_dim)  # W_d
 
     @property
     def out_dim(self) -> int:
@@ -458,6 +454,11 @@ class RegionSelfAttention(nn.Module):
             raise ValueError(f"h_max={self.h_max} exceeds the feature-map height H={H}")
         if self.w_max > W:
             raise ValueError(f"w_max={self.w_max} exceeds the feature-map width W={W}")
+        parameter_dtype = self.key_output.weight.dtype
+        if feature_map.dtype != parameter_dtype and not torch.is_autocast_enabled(feature_map.device.type):
+            raise ValueError(f"feature_map is {feature_map.dtype} but RegionSelfAttention's parameters are "
+                             f"{parameter_dtype}: cast one to the other (rsa.to({feature_map.dtype}) or "
+                             f"feature_map.to({parameter_dtype}))")
 
     def forward(
         self, feature_map: Tensor, return_weights: bool = False, return_regions: bool = False
@@ -470,11 +471,11 @@ class RegionSelfAttention(nn.Module):
         """
         self._check_input(feature_map)
         regions = self.regions_for(*feature_map.shape[-2:])  # (R, 4)
-        need_keys = return_regions or not self.uniform_weights  # the uniform control needs them only when asked
-        keys = self.to_key(feature_map) if need_keys else None  # (B, C, H, W) -> (B, key_dim, H, W)
+        encodes_region_keys = return_regions or not self.uniform_weights  # the uniform control needs them if asked
+        keys = self.to_key(feature_map) if encodes_region_keys else None  # (B, C, H, W) -> (B, key_dim, H, W)
         values = self.to_value(feature_map)  # (B, C, H, W) -> (B, value_dim, H, W)
         region_keys = None
-        if need_keys:
+        if encodes_region_keys:
             stats = region_statistics(keys, regions, eps=self.eps)  # mean, std: (B, R, key_dim), eq. 6-7
             region_keys = self.encode_region_keys(stats.mean, stats.std, regions)  # (B, R, attention_dim), eq. 11
         region_values = region_sums(values, regions)  # (B, R, value_dim), eq. 12
@@ -516,8 +517,7 @@ RSA_VARIANTS: dict[str, dict[str, object]] = {
 
 def build_rsa(variant: str = "tiny", **overrides: object) -> RegionSelfAttention:
     """Build a named RSA variant; ``overrides`` replace any constructor argument."""
-    if variant not in RSA_VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(RSA_VARIANTS)}, got {variant!r}")
+    check_choice("variant", variant, RSA_VARIANTS)
     allowed = set(inspect.signature(RegionSelfAttention.__init__).parameters) - {"self"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:

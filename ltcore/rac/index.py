@@ -33,10 +33,13 @@ into the per-image text list of the retrieval module.
 
 Files: :meth:`VectorIndex.save` writes ``path`` (``faiss.write_index``) and a JSON sidecar ``path + ".json"``
 (kind, metric, dim, normalisation, HNSW parameters, number of vectors, byte size and sha256 of the index
-file), each to a temporary name first and then ``os.replace``-d into place. :meth:`VectorIndex.load` checks
-the file against the sidecar, so a truncated or corrupted index is reported by name.
+file, and ``metadata_sha256``: the sha256 of all the other fields), each to a temporary name first and then
+renamed into place. :meth:`VectorIndex.load` checks the sidecar against its own checksum (an edited
+``"metric"`` would otherwise turn similarities into distances), then the index file against the sidecar and the
+faiss index type against kind and metric; a missing, damaged, edited or truncated file is an error naming it.
+Neither file is unpickled: the sidecar is JSON and the index faiss's own binary format.
 
-Taught in notebook 04, *An index of frozen image keys* (the lead numbers the notebooks).
+Taught in notebook 04, *Exact search against HNSW*.
 """
 
 from __future__ import annotations
@@ -53,12 +56,15 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from ltcore.checks import check_choice, check_int
 from ltcore.config import progress_disabled
 from ltcore.io import atomic_write
 
 INDEX_KINDS = ("flat", "hnsw")
 METRICS = ("cosine", "l2")
-FILE_FORMAT = "ltcore.index/1"
+FILE_FORMAT = "ltcore.index/2"  # sidecar format; "ltcore.index/1" sidecars lack metadata_sha256 and are refused
+SIDECAR_KEYS = ("format", "kind", "metric", "normalised", "dim", "ntotal", "hnsw_m", "ef_construction", "ef_search",
+                "faiss_version", "size_bytes", "sha256", "metadata_sha256")
 
 # The paper's HNSW setting, and faiss's own defaults for the rest ("default settings aside from M = 32").
 HNSW_M = 32
@@ -72,8 +78,7 @@ def faiss_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    threads = check_int("threads", threads, 1)
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(int(threads))
     try:
@@ -100,6 +105,33 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _metadata_sha256(meta: dict) -> str:
+    """sha256 of every sidecar field but ``metadata_sha256`` itself, as canonical JSON (sorted keys)."""
+    fields = {key: value for key, value in meta.items() if key != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _read_sidecar(sidecar: Path) -> dict:
+    """The sidecar's fields, checked: JSON object, this format, every key present, its checksum intact."""
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"index metadata not found: {sidecar} (written by VectorIndex.save)")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"index metadata {sidecar} is not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"index metadata {sidecar} must be a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FILE_FORMAT:
+        raise ValueError(f"{sidecar}: unknown format {meta.get('format')!r}, expected {FILE_FORMAT!r}; rebuild the "
+                         "index and save it again (VectorIndex.build(...).save(path))")
+    missing = [key for key in SIDECAR_KEYS if key not in meta]
+    if missing:
+        raise ValueError(f"index metadata {sidecar} is damaged: missing {', '.join(missing)}")
+    if meta["metadata_sha256"] != _metadata_sha256(meta):
+        raise ValueError(f"index metadata {sidecar} does not match its checksum (metadata_sha256): edited or damaged")
+    return meta
+
+
 class VectorIndex:
     """A faiss index of D-dimensional keys with exact ("flat") or HNSW search and cosine or L2 metric.
 
@@ -118,22 +150,13 @@ class VectorIndex:
         ef_search: int = HNSW_EF_SEARCH,
         threads: int | None = None,
     ) -> None:
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"kind must be one of {INDEX_KINDS}, got {kind!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if int(dim) < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        for name, value in (("hnsw_m", hnsw_m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        self.dim = int(dim)
-        self.kind = kind
-        self.metric = metric
-        self.hnsw_m = int(hnsw_m)
-        self.ef_construction = int(ef_construction)
-        self.ef_search = int(ef_search)
-        self.threads = threads
+        self.kind = check_choice("kind", kind, INDEX_KINDS)
+        self.metric = check_choice("metric", metric, METRICS)
+        self.dim = check_int("dim", dim, 1)
+        self.hnsw_m = check_int("hnsw_m", hnsw_m, 1)
+        self.ef_construction = check_int("ef_construction", ef_construction, 1)
+        self.ef_search = check_int("ef_search", ef_search, 1)
+        self.threads = None if threads is None else check_int("threads", threads, 1)
         self._index = self._new_faiss_index()
 
     # ----------------------------------------------------------------------------------------- construction
@@ -224,19 +247,18 @@ class VectorIndex:
         HNSW candidate-list size for this call; ``batch_size`` splits a large query set (with a progress bar
         if ``progress``).
         """
-        if not 1 <= int(k) <= self.ntotal:
-            raise ValueError(f"k must be between 1 and the number of stored keys ({self.ntotal}), got {k}")
+        k = check_int("k", k, 1, self.ntotal)  # at most the number of stored keys
         rows = self._as_rows(queries, "queries")
         if self.kind == "hnsw":
-            self._index.hnsw.efSearch = int(ef_search if ef_search is not None else self.ef_search)
-        step = rows.shape[0] if not batch_size else int(batch_size)
+            self._index.hnsw.efSearch = self.ef_search if ef_search is None else check_int("ef_search", ef_search, 1)
+        step = rows.shape[0] if batch_size is None else check_int("batch_size", batch_size, 1)
         scores = np.empty((rows.shape[0], k), dtype=np.float32)
         ids = np.empty((rows.shape[0], k), dtype=np.int64)
         with faiss_threads(self.threads):
             for start in tqdm(range(0, rows.shape[0], max(step, 1)), desc="index search",
                               disable=progress_disabled(progress)):
                 stop = start + step
-                scores[start:stop], ids[start:stop] = self._index.search(rows[start:stop], int(k))
+                scores[start:stop], ids[start:stop] = self._index.search(rows[start:stop], k)
         if (ids < 0).any():
             raise RuntimeError(
                 f"faiss returned fewer than k={k} neighbours for some queries; raise ef_search (now "
@@ -248,6 +270,7 @@ class VectorIndex:
 
     # -------------------------------------------------------------------------------------------- save/load
     def metadata(self) -> dict:
+        """The index's configuration as written to the sidecar (without the file's size and checksums)."""
         return {
             "format": FILE_FORMAT,
             "kind": self.kind,
@@ -265,44 +288,43 @@ class VectorIndex:
         """Write the index to ``path`` and its metadata to ``path + ".json"`` (both atomically)."""
         path = atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
         meta = self.metadata() | {"size_bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+        meta["metadata_sha256"] = _metadata_sha256(meta)
         atomic_write(_sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int | None = None) -> "VectorIndex":
-        """Read an index written by :meth:`save`; a missing, truncated or corrupt file is an error naming it."""
+        """Read an index written by :meth:`save`; a missing, damaged, edited or truncated file (index or sidecar)
+        is an error naming it (module docstring)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"index file not found: {path}")
-        if not _sidecar(path).is_file():
-            raise FileNotFoundError(f"index metadata not found: {_sidecar(path)} (written by VectorIndex.save)")
+        sidecar = _sidecar(path)
+        meta = _read_sidecar(sidecar)
         try:
-            meta = json.loads(_sidecar(path).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"index metadata {_sidecar(path)} is not valid JSON ({error})") from None
-        if meta.get("format") != FILE_FORMAT:
-            raise ValueError(f"{_sidecar(path)}: unknown format {meta.get('format')!r}, expected {FILE_FORMAT!r}")
+            index = cls(meta["dim"], meta["kind"], meta["metric"], hnsw_m=meta["hnsw_m"],
+                        ef_construction=meta["ef_construction"], ef_search=meta["ef_search"], threads=threads)
+        except ValueError as error:
+            raise ValueError(f"index metadata {sidecar}: {error}") from None
+        if meta["normalised"] is not index.normalised:
+            raise ValueError(f"index metadata {sidecar}: normalised={meta['normalised']!r} contradicts metric "
+                             f"{index.metric!r}")
         size = path.stat().st_size
         if size != meta["size_bytes"]:
             raise ValueError(
                 f"index file {path} is {size} bytes but {meta['size_bytes']} were written: truncated or replaced"
             )
         if _sha256_file(path) != meta["sha256"]:
-            raise ValueError(f"index file {path} does not match the checksum in {_sidecar(path)}: corrupt")
+            raise ValueError(f"index file {path} does not match the checksum in {sidecar}: corrupt")
         try:
             raw = faiss.read_index(str(path))
         except RuntimeError as error:
             reason = str(error).strip().splitlines()[-1][:200]
             raise ValueError(f"could not read faiss index {path} (truncated or corrupt?): {reason}") from None
-        index = cls(
-            meta["dim"],
-            meta["kind"],
-            meta["metric"],
-            hnsw_m=meta["hnsw_m"],
-            ef_construction=meta["ef_construction"],
-            ef_search=meta["ef_search"],
-            threads=threads,
-        )
+        expected = index._index  # a new, empty faiss index of the described kind and metric
+        if type(raw) is not type(expected) or raw.metric_type != expected.metric_type:
+            raise ValueError(f"index file {path} holds a {type(raw).__name__}, but {sidecar} describes a "
+                             f"{index.kind} {index.metric} index ({type(expected).__name__})")
         if raw.d != index.dim or raw.ntotal != meta["ntotal"]:
             raise ValueError(
                 f"index file {path} holds {raw.ntotal} vectors of dim {raw.d}, metadata says "

@@ -9,8 +9,13 @@ Sec. 3.3 (two branches, eq. 5), Sec. 3.4 (retrieval module), Sec. 4.6 (k), Table
 
     f(x) = L/2 * ( f_ret(x) / ||f_ret(x)||_2 + f_base(x) / ||f_base(x)||_2 )                  (eq. 5)
 
-with L the number of classes. :func:`fuse_logits` is eq. 5; a zero-norm branch contributes zero (the norm is
-clamped below by ``eps``).
+with L the number of classes. :func:`fuse_logits` is eq. 5.
+
+> **Our reading of a vanishing branch:** eq. 5 divides by a norm that can be zero. The norm is clamped below
+> by ``eps`` (1e-3, far below the logits of any classifier here): a branch whose logits are that close to zero
+> votes with proportionally less weight, an all-zero branch contributes zero, and the gradient with respect to
+> a branch is at most (L/2) / eps (a vanishing eps such as 1e-12 would let it reach 1.5e12 for an all-zero
+> branch of 3 classes).
 
 Retrieval module (Sec. 3.4): a frozen image encoder E embeds the query image, the index returns the k
 (paper: k = 30) nearest stored keys by cosine similarity, their texts (by default the class names of
@@ -34,14 +39,14 @@ batch image, so its neighbours vary slightly with augmentation); the base branch
 images. With ``drop_self="first"`` the precomputed table equals what on-line retrieval gives for the
 un-augmented image.
 
-Branch modes of :class:`RACModel` (Table 3's rows): "rac" returns eq. 5; "base" and "retrieval" return
-that branch's own logits unchanged as ``fused`` (the paper's "Base" baseline is a plain classifier trained
-under LACE, so no normalisation is imposed on it) and skip the other branch.
+Branch modes of :class:`RACModel` (Table 3's rows, :data:`RAC_MODES`): "rac" returns eq. 5; "base" and
+"retrieval" return that branch's own logits unchanged as ``fused`` (the paper's "Base" baseline is a plain
+classifier trained under LACE, so no normalisation is imposed on it) and skip the other branch.
 
 Loss: "The two branches are trained under a common LACE loss" on the fused logits, with label smoothing
-0.1 (Table S7) and tau = 1 (Sec. 3.2): :func:`rac_loss`.
+0.1 (Table S7) and tau = 1 (Sec. 3.2): :meth:`ltcore.rac.train.RACSettings.loss`.
 
-Taught in notebook 05, *Retrieval as a second opinion*, and notebook 07, *Which branch learns the tail*.
+Taught in notebook 05, *The retrieval module*, and notebook 07, *One recipe for every row*.
 """
 
 from __future__ import annotations
@@ -53,20 +58,30 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ltcore.checks import check_choice, check_float, check_int
 from ltcore.config import progress_disabled
-from ltcore.rac.encoders import ImageEncoder, TextEncoder
+from ltcore.rac.image_encoders import ImageEncoder
 from ltcore.rac.index import VectorIndex
+from ltcore.rac.text_encoders import TextEncoder
 
 DROP_RULES = ("first", "id", "none")
-RAC_MODES = ("rac", "base", "retrieval")
+RAC_MODES = {"rac": ("base", "retrieval"), "base": ("base",), "retrieval": ("retrieval",)}  # mode -> branches run
 PAPER_K = 30
+FUSION_EPS = 1e-3  # smallest branch norm eq. 5 divides by (module docstring)
 
 
-def fuse_logits(f_ret: Tensor, f_base: Tensor, eps: float = 1e-12) -> Tensor:
+def mode_branches(mode: str) -> tuple[str, ...]:
+    """The branches that RAC mode ``mode`` runs ("base", "retrieval"); an unknown mode is an error."""
+    return RAC_MODES[check_choice("mode", mode, RAC_MODES)]
+
+
+def fuse_logits(f_ret: Tensor, f_base: Tensor, eps: float = FUSION_EPS) -> Tensor:
     """Eq. 5: L/2 * (f_ret / ||f_ret||_2 + f_base / ||f_base||_2), L = size of the last dimension.
 
-    f_ret, f_base: [..., L] logits of the two branches -> fused logits [..., L].
+    f_ret, f_base: [..., L] logits of the two branches -> fused logits [..., L]. Each norm is clamped below by
+    ``eps``: an all-zero branch contributes zero, and every gradient is at most (L/2) / eps (module docstring).
     """
+    check_float("eps", eps, 0.0, low_open=True)
     if f_ret.shape != f_base.shape:
         raise ValueError(f"branch logits must have the same shape, got {tuple(f_ret.shape)} and {tuple(f_base.shape)}")
     num_classes = f_ret.shape[-1]
@@ -105,12 +120,10 @@ class RetrievalModule(nn.Module):
         drop_self: str = "first",
     ) -> None:
         super().__init__()
-        if drop_self not in DROP_RULES:
-            raise ValueError(f"drop_self must be one of {DROP_RULES}, got {drop_self!r}")
+        check_choice("drop_self", drop_self, DROP_RULES)
         if len(texts) != index.ntotal:
             raise ValueError(f"{len(texts)} texts for an index of {index.ntotal} keys: one text per key is needed")
-        if not 1 <= k < index.ntotal:
-            raise ValueError(f"k must be between 1 and {index.ntotal - 1} (index size - 1), got {k}")
+        check_int("k", k, 1, index.ntotal - 1)  # k + 1 hits are searched when the self hit is dropped
         if image_encoder.embed_dim is not None and image_encoder.embed_dim != index.dim:
             raise ValueError(
                 f"image encoder gives {image_encoder.embed_dim}-d embeddings, the index holds {index.dim}-d"
@@ -230,11 +243,10 @@ class RACModel(nn.Module):
 
     def set_mode(self, mode: str) -> "RACModel":
         """Switch between "rac" (both branches, eq. 5), "base" only and "retrieval" only."""
-        if mode not in RAC_MODES:
-            raise ValueError(f"mode must be one of {RAC_MODES}, got {mode!r}")
-        if mode in ("rac", "base") and self.base is None:
+        branches = mode_branches(mode)
+        if "base" in branches and self.base is None:
             raise ValueError(f"mode {mode!r} needs a base branch")
-        if mode in ("rac", "retrieval") and self.retrieval is None:
+        if "retrieval" in branches and self.retrieval is None:
             raise ValueError(f"mode {mode!r} needs a retrieval branch")
         self.mode = mode
         return self
@@ -261,11 +273,12 @@ class RACModel(nn.Module):
         ``text_embeddings`` (see :meth:`RetrievalModule.forward`).
         """
         base_logits = retrieval_logits = None
-        if self.mode in ("rac", "base"):
+        branches = RAC_MODES[self.mode]
+        if "base" in branches:
             if images is None:
                 raise ValueError(f"mode {self.mode!r} needs images for the base branch")
             base_logits = self._checked(self.base(images), "base")
-        if self.mode in ("rac", "retrieval"):
+        if "retrieval" in branches:
             retrieval_logits = self._checked(
                 self.retrieval(images, query_embeddings=query_embeddings, neighbour_ids=neighbour_ids,
                                query_ids=query_ids, text_embeddings=text_embeddings),
@@ -280,18 +293,3 @@ class RACModel(nn.Module):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs that train: the base branch and T's head (plus T's transformer if enabled)."""
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
-
-
-def rac_loss(
-    output: RACOutput | Tensor,
-    targets: Tensor,
-    class_counts: Tensor | Sequence[int],
-    *,
-    tau: float = 1.0,
-    label_smoothing: float = 0.1,
-) -> Tensor:
-    """The common LACE loss on the fused logits (Sec. 3.3; tau = 1, label smoothing 0.1 as in Table S7)."""
-    from ltcore.losses import logit_adjusted_ce  # the lead's loss module
-
-    fused = output.fused if isinstance(output, RACOutput) else output
-    return logit_adjusted_ce(fused, targets, class_counts, tau=tau, label_smoothing=label_smoothing)

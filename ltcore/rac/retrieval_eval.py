@@ -39,12 +39,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
 
+from ltcore.checks import check_int
 from ltcore.data.datasets import LTSplits, evaluation_view
-from ltcore.rac.encoders import ImageEncoder, embed_dataset
-from ltcore.rac.index import HNSW_M, VectorIndex, timed_search
 from ltcore.metrics import ShotAccuracy, shot_accuracy
+from ltcore.rac.embeddings import embed_dataset
+from ltcore.rac.image_encoders import ImageEncoder
+from ltcore.rac.index import HNSW_M, VectorIndex, timed_search
 from ltcore.results import shot_row
 
 
@@ -217,10 +218,10 @@ def compare_exact_hnsw(
     """
     keys = _as_matrix(keys, "keys")
     queries = _as_matrix(queries, "queries")
-    if not 1 <= k <= len(keys):
-        raise ValueError(f"k must be between 1 and the number of keys ({len(keys)}), got {k}")
-    if not ef_search or min(ef_search) < 1:
-        raise ValueError(f"ef_search must be a non-empty list of positive ints, got {ef_search!r}")
+    k = check_int("k", k, 1, len(keys))  # at most the number of keys
+    if not len(ef_search):
+        raise ValueError("ef_search must list at least one candidate-list size")
+    ef_search = [check_int("ef_search", ef, 1) for ef in ef_search]
     started = time.perf_counter()
     exact = VectorIndex.build(keys, "flat", metric, threads=threads, progress=False)
     exact_build = time.perf_counter() - started

@@ -1,0 +1,192 @@
+"""A sweep over every registered model and module, timm-style: forward, backward, every parameter receives a
+gradient, on tiny inputs. Paper-sized variants are built as named and fed a small input (a 3x3 feature map)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ltcore.iem.memory import EpisodicMemory
+from ltcore.iem.model import ABLATIONS, IEM_VARIANTS, build_iem
+from ltcore.iem.rsa import RSA_VARIANTS, build_rsa
+from ltcore.losses import build_loss
+from ltcore.models import BACKBONES, PlainClassifier, build_backbone
+
+NUM_CLASSES = 3
+BATCH = 6
+# Smallest input giving each backbone a feature map of at least 3x3 (RSA's largest region in the paper-sized
+# variants): the CIFAR-style stems divide by 4, the ImageNet stem of "resnet10" by 32.
+INPUT_SIZE = {name: 12 if spec.small_input else 96 for name, spec in BACKBONES.items()}
+
+
+def images(size: int, in_chans: int = 1, batch: int = BATCH, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, in_chans, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def labels(batch: int = BATCH) -> torch.Tensor:
+    return torch.arange(batch) % NUM_CLASSES  # every class in every batch
+
+
+def assert_every_parameter_has_a_finite_gradient(module: torch.nn.Module, but: tuple[str, ...] = ()) -> None:
+    """Every parameter (except those named in ``but``) is in the graph of the loss: its gradient exists and is
+    finite. (Not necessarily non-zero: timm zero-initialises each residual block's last BatchNorm, so at
+    initialisation the layers inside a block get gradient 0.)"""
+    missing = [name for name, p in module.named_parameters() if p.grad is None and not name.startswith(but)]
+    assert not missing, f"parameters without a gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+
+
+# --------------------------------------------------------------------------- backbones and the plain model
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("normed", [False, True])
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_in_the_plain_model(name, normed, in_chans):
+    torch.manual_seed(0)
+    backbone = build_backbone(name, in_chans)
+    model = PlainClassifier(backbone, NUM_CLASSES, normed=normed).train()
+    x = images(INPUT_SIZE[name], in_chans)
+    feature_map = backbone(x)
+    assert feature_map.shape == (BATCH, backbone.out_dim, 3, 3)
+    logits = model(x)
+    assert logits.shape == (BATCH, NUM_CLASSES) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, labels()).backward()
+    assert_every_parameter_has_a_finite_gradient(model)
+
+
+# --------------------------------------------------------------------------- region self-attention
+RSA_OPTIONS = {
+    "sliding": {},
+    "tiling, clip": dict(mode="tiling", border="clip"),
+    "tiling, drop": dict(mode="tiling", border="drop"),
+    "query projection": dict(query_projection=True, value_dim=5),
+    "uniform weights": dict(uniform_weights=True),
+}
+
+
+@pytest.mark.parametrize("options", list(RSA_OPTIONS))
+@pytest.mark.parametrize("variant", list(RSA_VARIANTS))
+def test_every_rsa_variant(variant, options):
+    torch.manual_seed(0)
+    rsa = build_rsa(variant, **RSA_OPTIONS[options]).train()
+    side = max(rsa.h_max, rsa.w_max)  # the smallest map the variant accepts
+    x = torch.randn(2, rsa.in_dim, side, side + 1, requires_grad=True)
+    out = rsa(x, return_weights=True, return_regions=True)
+    regions = rsa.region_count(side, side + 1)
+    assert out.feature.shape == (2, rsa.out_dim) and out.weights.shape == (2, regions)
+    assert out.region_features.shape == (2, regions, rsa.attention_dim)
+    # the region features (the local memory's keys) reach the parameters the uniform control does not use
+    (out.feature.square().mean() + out.region_features.square().mean()).backward()
+    assert_every_parameter_has_a_finite_gradient(rsa)
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+# --------------------------------------------------------------------------- IEM and its ablations
+def iem_input_size(variant: str) -> int:
+    return INPUT_SIZE[IEM_VARIANTS[variant]["backbone"]]
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+@pytest.mark.parametrize("variant", list(IEM_VARIANTS))
+def test_every_iem_variant_and_ablation(variant, ablation):
+    """Warm-up writes, then eq. 16: CE and the memory terms reach every parameter and the slots read."""
+    torch.manual_seed(0)
+    model = build_iem(variant, NUM_CLASSES, ablation=ablation, in_chans=1, regions_per_image=2).train()
+    loss_fn = build_loss("ce", [10] * NUM_CLASSES)
+    size = iem_input_size(variant)
+    for step in range(2):  # warm-up (epoch 0): writes only
+        warmup_loss = model.training_step(images(size, seed=step), labels(), None, loss_fn, epoch=0)
+        warmup_loss.backward()
+        model.after_optimizer_step()
+    assert all(memory.num_slots > 0 for memory in model.memories.values())
+    model.zero_grad(set_to_none=True)
+    terms = model.loss_terms(images(size, seed=7), labels(), loss_fn, epoch=1)
+    assert set(terms) == {"ce"} | {f"{name}_{sign}" for name in model.memories for sign in ("pos", "neg")}
+    sum(terms.values()).backward()
+    assert_every_parameter_has_a_finite_gradient(model)
+    assert all(memory.step() > 0 for memory in model.memories.values())  # the lazy Adam moves the slots read
+    model.eval()
+    with torch.no_grad():
+        out = model(images(size, seed=8))
+    assert all(scores.shape == (BATCH, NUM_CLASSES) and torch.isfinite(scores).all() for scores in out.values())
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+@pytest.mark.parametrize("variant", list(IEM_VARIANTS))
+def test_the_memory_terms_alone_reach_everything_but_the_head(variant, ablation):
+    """Eq. 16's memory terms reach the backbone (and RSA) through the keys; the head's only gradient is CE's."""
+    torch.manual_seed(0)
+    model = build_iem(variant, NUM_CLASSES, ablation=ablation, in_chans=1, regions_per_image=2).train()
+    loss_fn = build_loss("ce", [10] * NUM_CLASSES)
+    size = iem_input_size(variant)
+    model.training_step(images(size), labels(), None, loss_fn, epoch=0)
+    model.after_optimizer_step()
+    terms = model.loss_terms(images(size, seed=1), labels(), loss_fn, epoch=1)
+    sum(value for name, value in terms.items() if name != "ce").backward()
+    # The global memory's keys are GAP(f) and the local ones RSA's region encodings g (eq. 9): the memories reach
+    # RSA's key path only through the local keys, and never its values (eq. 12), which feed the head alone.
+    rsa_unreached = ("rsa.to_value.",) if model.local_memory is not None else ("rsa.",)
+    assert_every_parameter_has_a_finite_gradient(model, but=("fc.", *rsa_unreached))
+    assert model.fc.weight.grad is None or not bool(model.fc.weight.grad.any())
+    assert bool(model.backbone.net.conv1.weight.grad.abs().sum() > 0)
+
+
+# --------------------------------------------------------------------------- memory configurations
+MEMORY_CONFIGURATIONS = {
+    "defaults": {},
+    "top_n above the bank size": dict(top_n=50),
+    "top_n 1": dict(top_n=1),
+    "full banks (eviction)": dict(capacity=2),
+    "gamma 0": dict(gamma=0.0),
+    "gamma 1": dict(gamma=1.0),
+    "large delta": dict(delta=10.0),
+    "small chunks": dict(chunk_elements=7),
+}
+
+
+@pytest.mark.parametrize("configuration", list(MEMORY_CONFIGURATIONS))
+def test_every_memory_configuration_reads_and_trains(configuration):
+    """Write, read one bank per query (eq. 14-15) and every bank (inference), backward, Adam step."""
+    key_dim = 4
+    memory = EpisodicMemory(NUM_CLASSES, key_dim, **{"capacity": 8, "top_n": 3, "lr": 1e-2,
+                                                     **MEMORY_CONFIGURATIONS[configuration]})
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        memory.write(torch.randn(BATCH, key_dim, generator=generator), torch.rand(BATCH, generator=generator), labels())
+    assert memory.bank_sizes().tolist() == [min(4, memory.capacity)] * NUM_CLASSES
+    queries = torch.randn(BATCH, key_dim, generator=generator, requires_grad=True)
+    scores = memory.read(queries, labels())
+    all_scores = memory.read_all(queries.detach())
+    assert scores.shape == (BATCH,) and all_scores.shape == (BATCH, NUM_CLASSES)
+    torch.testing.assert_close(all_scores[torch.arange(BATCH), labels()], scores.detach())
+    F.mse_loss(scores, torch.ones_like(scores)).backward()
+    assert queries.grad is not None and bool(queries.grad.abs().sum() > 0) and torch.isfinite(queries.grad).all()
+    before = [memory.bank(c)[1:] for c in range(NUM_CLASSES)]
+    assert memory.step() > 0
+    after = [memory.bank(c)[1:] for c in range(NUM_CLASSES)]
+    assert any(not torch.equal(b[0], a[0]) or not torch.equal(b[1], a[1]) for b, a in zip(before, after))
+
+
+# --------------------------------------------------------------------------- RAC (tiny: raw-pixel E, bag-of-words T)
+@pytest.mark.parametrize("mode", ["rac", "base", "retrieval"])
+def test_rac_model_in_every_mode(mode):
+    """Frozen E (raw pixels) and an exact index; every trainable parameter of the branches in use gets a gradient."""
+    from ltcore.rac.image_encoders import build_image_encoder
+    from ltcore.rac.index import VectorIndex
+    from ltcore.rac.model import RACModel, RetrievalModule, label_texts
+    from ltcore.rac.text_encoders import build_text_encoder
+
+    torch.manual_seed(0)
+    encoder = build_image_encoder("raw_pixels")
+    index_images = images(12, batch=16, seed=1)
+    index = VectorIndex.build(encoder.embed(index_images).numpy(), "flat", progress=False)
+    texts = label_texts(torch.arange(16) % NUM_CLASSES, ["shirt", "trouser", "bag"])
+    retrieval = RetrievalModule(encoder, index, texts, build_text_encoder("bow_random", NUM_CLASSES), k=4)
+    base = PlainClassifier(build_backbone("test_resnet"), NUM_CLASSES)
+    model = RACModel(base, retrieval, NUM_CLASSES, mode=mode).train()
+    out = model(images(12))
+    assert out.fused.shape == (BATCH, NUM_CLASSES) and torch.isfinite(out.fused).all()
+    F.cross_entropy(out.fused, labels()).backward()
+    unused = {"rac": (), "base": ("retrieval.",), "retrieval": ("base.",)}[mode]
+    trainable = [name for name, _ in model.trainable_parameters() if not name.startswith(unused)]
+    assert trainable and all(dict(model.named_parameters())[name].grad is not None for name in trainable)
+    assert all(p.grad is None for p in encoder.parameters())  # E is frozen
