@@ -29,7 +29,7 @@ COLUMNS = ["dataset", "method", "many", "medium", "few", "overall", "seconds"]
 # to catch a broken method (chance level is 10% here), not a regression of a point or two.
 RECORDED_TOLERANCE = {"many": 20.0, "medium": 20.0, "few": 20.0, "overall": 8.0, "f_measure": 0.08,
                       "open_many": 20.0, "open_medium": 20.0, "open_few": 20.0, "open_overall": 8.0}
-_ROW_KEYS = ("dataset", "method", "seed", "image_size", "k", "t_mode")
+_ROW_KEYS = ("dataset", "method", "seed", "image_size", "k", "text_encoder_mode")
 
 
 class RecordedResultsMismatch(AssertionError):

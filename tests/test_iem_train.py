@@ -19,21 +19,11 @@ from ltcore.iem.train import BRANCHES, open_set_metrics, open_set_result_row, tr
 from ltcore.losses import build_loss
 from ltcore.metrics import open_set_predictions
 from ltcore.train import TrainConfig, fit, predict
+from synthetic import class_images
 
 TRAIN_COUNTS = np.array([24, 12, 6, 3])
 CONFIG = TrainConfig(epochs=2, batch_size=8, lr=0.05, seed=0, progress=False, device="cpu")
 SETTINGS = dict(warmup_epochs=1)  # epoch 0 writes only, epoch 1 reads (eq. 16)
-
-
-def class_images(counts, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """28x28 uint8 images: class c is a bright 7x7 block at a class-specific place, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(len(counts)), counts)
-    images = rng.integers(0, 60, size=(len(labels), 28, 28))
-    for i, label in enumerate(labels):
-        row, col = divmod(int(label), 2)
-        images[i, 4 + 14 * row: 11 + 14 * row, 4 + 14 * col: 11 + 14 * col] += 180
-    return images.astype(np.uint8), labels
 
 
 def tiny_splits(with_open_set: bool = False) -> LTSplits:

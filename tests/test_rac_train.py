@@ -16,21 +16,11 @@ from ltcore.rac.text_encoders import build_text_encoder
 from ltcore.rac.train import (RACSettings, build_rac_classifier, build_retrieval_module, build_retrieval_setup,
                               precompute_neighbour_tables, text_embedding_table, train_rac)
 from ltcore.train import TrainConfig
+from synthetic import class_images
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot", "Bag"]
 TRAIN_COUNTS = np.array([24, 12, 6, 3])
 K = 3
-
-
-def class_images(counts, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """28x28 uint8 images: class c is a bright 7x7 block at a class-specific place, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(len(counts)), counts)
-    images = rng.integers(0, 60, size=(len(labels), 28, 28))
-    for i, label in enumerate(labels):
-        row, col = divmod(int(label), 2)
-        images[i, 4 + 14 * row : 11 + 14 * row, 4 + 14 * col : 11 + 14 * col] += 180
-    return images.astype(np.uint8), labels
 
 
 def tiny_splits(augment: bool = True) -> LTSplits:

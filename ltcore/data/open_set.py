@@ -9,7 +9,7 @@ and rescaled to [0, 255] so that their intensity range matches Fashion-MNIST's.
 > **Our reading:** any out-of-distribution source serves the protocol; digits are far from clothing,
 > so this open set is easier than ImageNet-2010's extra classes are for ImageNet-LT.
 
-Taught in notebook 06, *Open set*.
+Taught in notebook 06, *Closed set and open set*.
 """
 from __future__ import annotations
 
