@@ -15,6 +15,8 @@ notebook compares its trained results with the committed ``results/``
 executed notebooks back into ``notebooks/`` and their figures and results into
 ``figures/`` and ``results/`` (the committed course material and record).
 
+A notebook that reads another's results (``load_results("01_baselines", ...)`` in its source) starts only
+once that notebook has finished, so that with ``--inplace`` it never reads a record being rewritten.
 Notebooks run ``--jobs`` at a time (default 2), each kernel single-threaded
 (``OMP_NUM_THREADS=1``): on a small CPU machine that is faster than one
 two-threaded kernel at a time, and it makes the recorded numbers independent of
@@ -22,8 +24,11 @@ the machine's core count (the notebook tests set the same).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +76,13 @@ def notebooks(only: Optional[list[str]] = None) -> list[Path]:
         if not found:
             raise FileNotFoundError(f"no notebook in {NOTEBOOK_DIR} matches {only}")
     return found
+
+
+def results_read(notebook: Path) -> set[str]:
+    """Prefixes (``"01"``) of the notebooks whose results ``notebook``'s code cells load."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    code = "".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+    return set(re.findall(r"load_results\(\s*[\"'](\d\d)_", code)) - {notebook.stem[:2]}
 
 
 def check_parameters(notebook: Path, parameters: dict) -> None:
@@ -157,9 +169,19 @@ def run_plans(plan: RunPlan, jobs: int = 2) -> list[dict]:
     # notebook compares with it), for this call only: the kernels inherit the variable when they start.
     redirect = not plan.inplace and "LTCORE_OUTPUT_DIR" not in os.environ
     failed: list[str] = []
+    finished = {notebook.stem[:2]: threading.Event() for notebook, _, _ in plan.runs}
 
     def run(planned) -> dict:
         notebook, output, parameters = planned
+        try:
+            return run_after_dependencies(notebook, output, parameters)
+        finally:
+            finished[notebook.stem[:2]].set()
+
+    def run_after_dependencies(notebook: Path, output: Path, parameters: dict) -> dict:
+        # Notebooks start in teaching order and read only earlier ones, so a dependency is running or done.
+        for prefix in sorted(p for p in results_read(notebook) & set(finished) if p < notebook.stem[:2]):
+            finished[prefix].wait()
         if failed:
             return {"notebook": notebook.name, "status": "not run", "seconds": None}
         print(f"[{plan.profile}] {notebook.name} ...", flush=True)

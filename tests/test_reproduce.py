@@ -96,3 +96,27 @@ def test_a_plan_checks_everything_and_runs_nothing(tmp_path, monkeypatch):
 def test_an_empty_selection_or_no_jobs_is_an_error_not_every_notebook(call, error, says):
     with pytest.raises(error, match=says):
         call()
+
+
+def test_a_notebook_reading_another_ones_results_starts_after_it_finished(tmp_path, monkeypatch):
+    import time
+
+    write_notebook(tmp_path / "01_write.ipynb", ["save_results(rows, '01_rows')"])
+    write_notebook(tmp_path / "02_other.ipynb", ["print(VALUE)"])
+    write_notebook(tmp_path / "03_read.ipynb", ["rows = load_results('01_rows', folder=RESULTS)"])
+    assert rep.results_read(tmp_path / "03_read.ipynb") == {"01"}
+    assert rep.results_read(tmp_path / "02_other.ipynb") == set()
+    events = []
+
+    def fake_run(notebook, output, parameters):
+        events.append(("start", notebook.stem[:2], time.perf_counter()))
+        time.sleep(0.5 if notebook.stem.startswith("01") else 0.01)
+        events.append(("end", notebook.stem[:2], time.perf_counter()))
+        return 0.0
+
+    monkeypatch.setattr(rep, "run_notebook", fake_run)
+    plan = rep.RunPlan("quick", tmp_path / "out", False,
+                       [(nb, tmp_path / "out" / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))])
+    rep.run_plans(plan, jobs=2)
+    when = {(kind, prefix): at for kind, prefix, at in events}
+    assert when[("start", "03")] >= when[("end", "01")]   # without the wait, 03 starts when 02 ends (~0.01 s)
