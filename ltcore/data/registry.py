@@ -29,6 +29,9 @@ DATASETS = {entry.name: entry for entry in [
     DatasetEntry("fashion_mnist_lt", "Fashion-MNIST-LT (exp, ratio 100, n_max 1000): the offline default",
                  "ltcore.data.fashion_mnist:build_fashion_mnist_lt",
                  "apt-get install dataset-fashion-mnist (or set LTCORE_FASHION_MNIST)"),
+    DatasetEntry("openclipart_lt", "Open Clip Art (Debian openclipart-png): 36 object folders, natural tail 97:3, "
+                 "balanced test 5/class; no many group", "ltcore.data.openclipart:build_openclipart_lt",
+                 "apt-get install openclipart-png (or set LTCORE_OPENCLIPART)"),
     DatasetEntry("cifar10_lt", "CIFAR-10-LT built from torchvision's CIFAR files (LDAM-DRW profile)",
                  "ltcore.data.cifar:build_cifar_lt",
                  "torchvision.datasets.CIFAR10(root, download=True) on a machine with internet",
