@@ -35,7 +35,7 @@ from ltcore.io import atomic_write
 from ltcore.stats import paired_ci
 
 __all__ = ["CLAIMS", "METHODS", "METRICS", "MIN_RUNS", "Claim", "ControlCheck", "check_negative_control",
-           "evaluate_claim", "verdict", "write_claims"]
+           "claim_records", "evaluate_claim", "metric_value", "verdict", "write_claims"]
 
 PAPERS = ("IEM", "RAC", "control")
 DIRECTIONS = ("greater", "less", "equivalent")
@@ -303,6 +303,50 @@ def evaluate_claim(claim: Claim, a_results: Sequence[float], b_results: Sequence
         raise ValueError(f"claim {claim.id}: {ci.n} paired results but {len(checked_runs)} runs")
     return {**asdict(claim), "diffs": list(ci.diffs), "runs": checked_runs, "mean": ci.mean,
             "ci95": [ci.low, ci.high], "n": ci.n, "verdict": verdict(claim, ci)}
+
+
+def metric_value(row: Mapping[str, Any], metric: str) -> float:
+    """``metric`` of one method's result row, in points: a shot-group or overall accuracy, or for
+    ``"few_minus_many_gap"`` the row's few-shot minus its many-shot accuracy (NaN where a group is empty)."""
+    check_choice("metric", metric, METRICS)
+    if metric == "few_minus_many_gap":
+        return float(row["few"]) - float(row["many"])
+    return float(row[metric])
+
+
+def claim_records(rows: Iterable[Mapping[str, Any]], claims: Iterable[Claim] | None = None
+                  ) -> tuple[list[dict], dict[str, str]]:
+    """The record of every claim whose two methods have results on the same runs, and why the others have none.
+
+    ``rows`` are result rows, one per method per run, with at least ``method``, ``setting``, ``seed``,
+    ``permutation`` and the claim's metric columns. A claim pairs method A's and method B's rows of its setting
+    by (seed, permutation), in (seed, permutation) order. A claim is skipped (its id mapped to the reason) when
+    fewer than 2 runs pair, or when its metric is not a finite number on some run (an empty shot group).
+    """
+    by_key: dict[tuple, Mapping[str, Any]] = {}
+    for position, row in enumerate(rows):
+        key = (row["setting"], row["method"], int(row["seed"]), int(row["permutation"]))
+        if key in by_key:
+            raise ValueError(f"rows[{position}]: a second result for {key} (setting, method, seed, permutation)")
+        by_key[key] = row
+    records, skipped = [], {}
+    for claim in CLAIMS.values() if claims is None else claims:
+        runs_of = {method: {(seed, perm) for setting, name, seed, perm in by_key
+                            if setting == claim.setting and name == method}
+                   for method in (claim.method_a, claim.method_b)}
+        common = sorted(runs_of[claim.method_a] & runs_of[claim.method_b])
+        if len(common) < 2:
+            skipped[claim.id] = (f"{len(common)} paired run(s) of {claim.method_a} and {claim.method_b} in setting "
+                                 f"{claim.setting!r}")
+            continue
+        a = [metric_value(by_key[(claim.setting, claim.method_a, *run)], claim.metric) for run in common]
+        b = [metric_value(by_key[(claim.setting, claim.method_b, *run)], claim.metric) for run in common]
+        if not all(math.isfinite(value) for value in a + b):
+            skipped[claim.id] = f"{claim.metric} is not a number on some run (an empty shot group)"
+            continue
+        runs = [{"seed": seed, "permutation": perm} for seed, perm in common]
+        records.append(evaluate_claim(claim, a, b, runs))
+    return records, skipped
 
 
 def write_claims(records: Iterable[Mapping[str, Any]], results_dir: str | os.PathLike,

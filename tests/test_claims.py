@@ -371,3 +371,35 @@ def test_negative_control_fails_when_inconclusive():
     assert record["verdict"] == "inconclusive"
     check = check_negative_control([record])
     assert not check.passed and "inconclusive" in check.message
+
+
+def _result_rows(method, setting, overall, few=None, many=None, runs=((0, 0), (1, 0), (0, 1))):
+    return [{"method": method, "setting": setting, "seed": seed, "permutation": perm,
+             "overall": overall(seed, perm), "few": few if few is not None else 10.0,
+             "many": many if many is not None else 50.0}
+            for seed, perm in runs]
+
+
+def test_claim_records_pair_methods_by_run_and_compute_each_metric():
+    rows = (_result_rows("rac", "frozen-features", lambda s, p: 60.0 + s + p)
+            + _result_rows("base-lace", "frozen-features", lambda s, p: 57.0 + s + p + 0.1 * s)
+            + _result_rows("rac-retrieval-branch", "frozen-features", lambda s, p: 0.0, few=40.0, many=45.0)
+            + _result_rows("rac-base-branch", "frozen-features", lambda s, p: 0.0, few=20.0, many=70.0))
+    records, skipped = claims_module.claim_records(rows, [CLAIMS["RAC-vs-base"], CLAIMS["RAC-tail-lean"],
+                                                   CLAIMS["IEM-overall"]])
+    by_id = {record["id"]: record for record in records}
+    assert by_id["RAC-vs-base"]["runs"] == [{"seed": 0, "permutation": 0}, {"seed": 0, "permutation": 1},
+                                            {"seed": 1, "permutation": 0}]
+    assert by_id["RAC-vs-base"]["diffs"] == pytest.approx([3.0, 3.0, 2.9])
+    assert by_id["RAC-tail-lean"]["diffs"] == pytest.approx([45.0] * 3)   # (40 - 45) - (20 - 70)
+    assert by_id["RAC-tail-lean"]["verdict"] == "reproduced"
+    assert "IEM-overall" in skipped and "0 paired run(s)" in skipped["IEM-overall"]
+
+
+def test_claim_records_skip_a_metric_that_is_not_a_number_and_refuse_a_repeated_row():
+    rows = (_result_rows("rac-retrieval-branch", "frozen-features", lambda s, p: 0.0, few=40.0, many=math.nan)
+            + _result_rows("rac-base-branch", "frozen-features", lambda s, p: 0.0, few=20.0, many=70.0))
+    records, skipped = claims_module.claim_records(rows, [CLAIMS["RAC-tail-lean"]])
+    assert records == [] and "empty shot group" in skipped["RAC-tail-lean"]
+    with pytest.raises(ValueError, match="a second result"):
+        claims_module.claim_records(rows + rows[:1])
