@@ -1,5 +1,6 @@
-"""ltcore.data: long-tailed construction (longtail), the dataset containers (datasets), the registry and the
-digits open set. Each loader has its own file: test_data_fashion_mnist, _files, _oltr, _inat, _cifar."""
+"""ltcore.data: long-tailed construction (longtail, permuted splits), the dataset containers (datasets), the
+registry and the digits open set. Each loader has its own file: test_data_fashion_mnist, _files, _oltr, _inat,
+_cifar."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from ltcore.data import (OPEN_LABEL, ArrayDataset, LTSplits, build_dataset, evaluation_view, longtail_counts,
                          longtail_indices)
+from ltcore.data.longtail import permuted_longtail_split, rank_permutation
 from ltcore.data.open_set import digits_open_set
 
 
@@ -58,6 +60,67 @@ def test_negative_counts_are_errors_not_almost_every_image():
         build_dataset("fashion_mnist_lt", val_per_class=-1)
     with pytest.raises(ValueError, match="counts must be >= 0"):
         build_dataset("fashion_mnist_lt", test_per_class=-1)
+
+
+@pytest.fixture
+def balanced_labels() -> np.ndarray:
+    """10 classes of 60 images, shuffled so that a class's images are not contiguous."""
+    return np.random.default_rng(5).permutation(np.repeat(np.arange(10), 60))
+
+
+def test_permuted_splits_keep_the_counts_and_never_train_on_validation(balanced_labels):
+    counts = longtail_counts(40, 10, 10, "exp")
+    splits = [permuted_longtail_split(balanced_labels, counts, p, val_per_class=5) for p in range(4)]
+    all_train = np.concatenate([split.train for split in splits])
+    for split in splits:
+        assert sorted(split.rank_of_class.tolist()) == list(range(10))
+        assert split.class_counts.tolist() == counts[split.rank_of_class].tolist()
+        assert np.bincount(balanced_labels[split.train], minlength=10).tolist() == split.class_counts.tolist()
+        assert np.bincount(balanced_labels[split.val], minlength=10).tolist() == [5] * 10
+        assert len(np.unique(split.train)) == len(split.train) and split.train.dtype == np.int64
+        np.testing.assert_array_equal(split.val, splits[0].val)  # one validation split for every run
+        np.testing.assert_array_equal(split.pool, splits[0].pool)
+    assert not np.intersect1d(all_train, splits[0].val).size, "a permutation trains on validation images"
+    assert np.isin(all_train, splits[0].pool).all() and np.isin(splits[0].val, splits[0].pool).all()
+    assert len(splits[0].pool) == 10 * (40 + 5) and np.all(np.diff(splits[0].pool) > 0)
+    assert len({tuple(split.rank_of_class) for split in splits}) == 4
+
+
+def test_permutation_zero_is_the_identity_and_the_existing_subsample(balanced_labels):
+    counts = longtail_counts(40, 10, 10, "exp")
+    split = permuted_longtail_split(balanced_labels, counts, 0, val_per_class=5, data_seed=3)
+    assert split.rank_of_class.tolist() == list(range(10)) and split.permutation == 0
+    assert split.class_counts.tolist() == counts.tolist()
+    np.testing.assert_array_equal(split.train, longtail_indices(balanced_labels, counts, seed=3))
+    np.testing.assert_array_equal(rank_permutation(10, 2), np.random.default_rng(2).permutation(10))
+
+
+def test_a_class_keeps_the_same_image_order_under_every_permutation(balanced_labels):
+    """Fewer images of a class are always the first of its larger sets: permutations change counts, not images."""
+    counts = longtail_counts(40, 10, 10, "exp")
+    by_permutation = [permuted_longtail_split(balanced_labels, counts, p, val_per_class=5) for p in range(3)]
+    for c in range(10):
+        kept = sorted((set(split.train[balanced_labels[split.train] == c].tolist()) for split in by_permutation),
+                      key=len)
+        assert kept[0] <= kept[1] <= kept[2]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(val_per_class=25), "class 0 has 60 images, but n_max=40 training and val_per_class=25 validation"),
+    (dict(n_max=30), "n_max must be an integer >= 40"),
+    (dict(val_per_class=-1), "val_per_class must be an integer >= 0"),
+    (dict(permutation=-1), "permutation must be an integer >= 0"),
+    (dict(permutation=1.0), "permutation must be an integer >= 0"),
+    (dict(counts_by_rank=[40, 0]), r"counts_by_rank must be integers >= 1 .*\[40, 0\]"),
+    (dict(counts_by_rank=[40.0, 4.0]), "counts_by_rank must be integers"),
+    (dict(labels=np.array([0, 1, 10])), r"labels must be .* integer class ids in \[0, 10\)"),
+    (dict(labels=np.array([0.0, 1.0])), "labels must be"),
+])
+def test_impossible_permuted_splits_are_errors(balanced_labels, options, message):
+    arguments = dict(labels=balanced_labels, counts_by_rank=longtail_counts(40, 10, 10, "exp"), permutation=1,
+                     val_per_class=5) | options
+    with pytest.raises(ValueError, match=message):
+        permuted_longtail_split(**arguments)
 
 
 def test_registry_rejects_unknown_names_and_options():

