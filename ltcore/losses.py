@@ -1,8 +1,8 @@
-"""Classification losses for long-tailed training: CE, focal, class-balanced, LDAM-DRW, balanced softmax, LACE.
+"""Classification losses for long-tailed training: CE, focal, class-balanced, LDAM-DRW, two BalCEs, LACE.
 
 Papers
 ------
-* RAC (Long et al., CVPR 2022), Sec. 3.1, eq. 2 (BalCE) and Sec. 3.2, eq. 3-4 (the general re-weighted and
+* RAC (Long et al., CVPR 2022), Sec. 3.1, eq. 2 (BalCE as printed) and Sec. 3.2, eq. 3-4 (the general re-weighted and
   logit-adjusted softmax CE; LACE and LDAM as special cases). RAC trains both branches under LACE with label
   smoothing and tau = 1: "we use LACE as the base loss and do not apply manual temperature adjustment,
   setting tau=1".
@@ -19,12 +19,25 @@ Papers
 
 Choices and readings
 --------------------
-* BalCE. RAC eq. 2 writes it as a re-weighting,
-  "l_BalCE(x, y, f) = -(1/N_y) log( e^{f_y(x)} / sum_{y'} e^{f_{y'}(x)} )",
-  and calls it "a form of re-weighting ... [by] the inverse class frequency". Ren et al.'s balanced softmax,
-  which RAC cites as the BalCE baseline, is instead the logit form CE(z + log n). Our reading: the project
-  implements the Ren et al. form (``balanced_softmax_ce``); the 1/N_y re-weighted CE of eq. 2 is available as
-  ``cross_entropy(logits, targets, weight=1 / counts)`` if wanted. The two are different losses.
+* BalCE: two different losses go by that name, and both are here.
+
+  - RAC eq. 2 as printed (``inverse_frequency_ce``, ``build_loss("balce_eq2")``):
+
+        l_BalCE(x, y, f) = -(1/N_y) log( e^{f_y(x)} / sum_{y'} e^{f_{y'}(x)} )              (RAC eq. 2)
+
+    "a form of re-weighting, where the contribution of each label's individual loss is scaled by ... the
+    inverse class frequency" (Sec. 3.1). The batch loss is the plain mean of eq. 2 over the samples, so every
+    class contributes its *average* per-sample loss (n_y samples times 1/N_y), whatever its size. With label
+    smoothing eps the per-sample term that is re-weighted is the smoothed CE,
+    (1/N_y) [(1 - eps)(-log p_y) + (eps / C) sum_c (-log p_c)].
+    (``cross_entropy(weight=1 / counts)`` is not this loss: PyTorch's weighted mean divides by sum_i w_{y_i},
+    and with smoothing it weighs each -log p_c by w_c instead of the sample's 1/N_y.)
+  - Ren et al.'s balanced softmax (``balanced_softmax_ce``, ``build_loss("balanced_softmax")``, alias
+    ``"balce"``), whose name RAC uses ("the Balanced Softmax Cross Entropy (BalCE)", Sec. 3.1): the logit form
+    CE(z + log n). It equals LACE at tau = 1 (below), so it is *not* a different loss from RAC's Base.
+
+  Our reading: eq. 2 is what RAC wrote, so the claims compare Base (LACE) against it; Ren et al.'s form is
+  the negative control that must come out equal to LACE (:mod:`ltcore.claims`).
 * LACE. RAC eq. 3 with alpha_y = 1, Delta_y = log(N_y / N): ``logit_adjusted_ce`` = CE(z + tau log pi),
   pi = counts / counts.sum(). With tau = 1 it equals ``balanced_softmax_ce`` (log N shifts every logit equally).
 * LDAM sign. RAC eq. 4 puts LDAM in the "+ tau Delta_y" form with Delta_y = N_y^{-1/4}; Cao et al. *subtract*
@@ -243,16 +256,43 @@ class LDAMLoss(nn.Module):
 
 
 def balanced_softmax_ce(
-    logits: torch.Tensor, targets: torch.Tensor, class_counts: CountsLike, reduction: str = "mean"
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: CountsLike,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Balanced softmax (Ren et al. 2020), the project's BalCE: CE(z + log n). logits: (N, C), targets: (N,).
+    """Balanced softmax (Ren et al. 2020): CE(z + log n). logits: (N, C), targets: (N,), class_counts: (C,).
 
-    RAC eq. 2 writes BalCE as the re-weighting "-(1/N_y) log softmax(f(x))_y"; we implement the logit form
-    (module docstring). Equals ``logit_adjusted_ce`` with tau = 1.
+    Not RAC's eq. 2 as printed (that is :func:`inverse_frequency_ce`; module docstring). Equals
+    ``logit_adjusted_ce`` with tau = 1 and the same label smoothing: log n and log(n / N) differ by log N on
+    every logit, which the softmax ignores.
     """
     _check_logits_targets(logits, targets)
     log_counts = torch.log(_as_counts(class_counts, logits.shape[1])).to(device=logits.device, dtype=logits.dtype)
-    return cross_entropy(logits + log_counts, targets, reduction=reduction)
+    return cross_entropy(logits + log_counts, targets, label_smoothing=label_smoothing, reduction=reduction)
+
+
+def inverse_frequency_ce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: CountsLike,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """BalCE as RAC prints it (eq. 2): -(1/N_y) log softmax(z)_y, the cross-entropy re-weighted by 1/N_y.
+
+        l_BalCE(x, y, f) = -(1/N_y) log( e^{f_y(x)} / sum_{y'} e^{f_{y'}(x)} )              (RAC eq. 2)
+
+    logits: (N, C), targets: (N,), class_counts: (C,) all >= 1 -> scalar, or (N,) with reduction="none".
+    "mean" is the plain mean of the per-sample eq. 2 (not PyTorch's weighted mean); with ``label_smoothing``
+    the smoothed per-sample CE is what 1/N_y re-weights (module docstring).
+    """
+    _check_logits_targets(logits, targets)
+    _check_reduction(reduction)
+    inverse_counts = 1.0 / _as_counts(class_counts, logits.shape[1]).to(device=logits.device, dtype=logits.dtype)
+    per_sample = cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="none")  # (N,)
+    return _reduce(inverse_counts[targets.long()] * per_sample, reduction)  # 1/N_{y_i} * l_i, (N,)
 
 
 def logit_adjusted_ce(
@@ -373,9 +413,18 @@ def _build_ldam_drw(
     return loss
 
 
-def _build_balanced_softmax(class_counts: CountsLike):
+def _build_balanced_softmax(class_counts: CountsLike, *, label_smoothing: float = 0.0):
     counts = _as_counts(class_counts)
-    return lambda logits, targets, epoch: balanced_softmax_ce(logits, targets, counts)
+    label_smoothing = check_float("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    return lambda logits, targets, epoch: balanced_softmax_ce(logits, targets, counts,
+                                                              label_smoothing=label_smoothing)
+
+
+def _build_inverse_frequency(class_counts: CountsLike, *, label_smoothing: float = 0.0):
+    counts = _as_counts(class_counts)
+    label_smoothing = check_float("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    return lambda logits, targets, epoch: inverse_frequency_ce(logits, targets, counts,
+                                                               label_smoothing=label_smoothing)
 
 
 def _build_logit_adjusted(class_counts: CountsLike, *, tau: float = 1.0, label_smoothing: float = 0.0):
@@ -394,8 +443,11 @@ _LOSS_BUILDERS: dict[str, Callable[..., Callable]] = {
     "ldam_drw": _build_ldam_drw,
     "balanced_softmax": _build_balanced_softmax,
     "logit_adjusted": _build_logit_adjusted,
+    "inverse_frequency_ce": _build_inverse_frequency,
 }
-LOSS_ALIASES: dict[str, str] = {"balce": "balanced_softmax", "lace": "logit_adjusted"}
+# "balce" is Ren et al.'s balanced softmax, "balce_eq2" RAC's eq. 2 as printed (module docstring).
+LOSS_ALIASES: dict[str, str] = {"balce": "balanced_softmax", "lace": "logit_adjusted",
+                                "balce_eq2": "inverse_frequency_ce"}
 LOSS_NAMES: tuple[str, ...] = tuple(_LOSS_BUILDERS) + tuple(LOSS_ALIASES)
 
 
@@ -415,8 +467,9 @@ def build_loss(name: str, class_counts: CountsLike, **kwargs: Any) -> EpochLoss:
     """Build a loss by name: returns ``loss(logits, targets, epoch=None) -> scalar``.
 
     Names: "ce" (label_smoothing), "focal" (gamma), "cb_focal" (gamma, beta), "ldam_drw" (drw_epoch required,
-    max_margin, scale, beta; ``epoch`` required at call time), "balanced_softmax" / "balce",
-    "logit_adjusted" / "lace" (tau, label_smoothing). class_counts: (C,) training images per class, all >= 1.
+    max_margin, scale, beta; ``epoch`` required at call time), "balanced_softmax" / "balce" (Ren et al.;
+    label_smoothing), "logit_adjusted" / "lace" (tau, label_smoothing), "inverse_frequency_ce" / "balce_eq2"
+    (RAC eq. 2 as printed; label_smoothing). class_counts: (C,) training images per class, all >= 1.
     """
     canonical = _canonical_loss_name(name)
     allowed = loss_options(canonical)

@@ -16,6 +16,7 @@ from ltcore.losses import (
     cross_entropy,
     drw_weights,
     focal_loss,
+    inverse_frequency_ce,
     ldam_margins,
     log_prior,
     logit_adjusted_ce,
@@ -178,6 +179,48 @@ def test_balanced_softmax_matches_formula(batch):
     assert torch.allclose(logit_adjusted_ce(logits, targets, COUNTS, tau=1.0), expected)
 
 
+def test_balanced_softmax_with_smoothing_is_lace_at_tau_one(batch):
+    """The negative control's two losses: CE(z + log n) and CE(z + log(n / N)) with the same smoothing."""
+    logits, targets = batch
+    torch.testing.assert_close(balanced_softmax_ce(logits, targets, COUNTS, label_smoothing=0.1),
+                               logit_adjusted_ce(logits, targets, COUNTS, tau=1.0, label_smoothing=0.1))
+    assert not torch.allclose(balanced_softmax_ce(logits, targets, COUNTS, label_smoothing=0.1),
+                              balanced_softmax_ce(logits, targets, COUNTS))
+
+
+def test_inverse_frequency_ce_is_rac_eq2_as_printed(batch):
+    """RAC eq. 2: -(1/N_y) log(e^{f_y} / sum_y' e^{f_y'}), averaged over the samples with a plain mean."""
+    logits, targets = batch
+    n = torch.tensor(COUNTS, dtype=torch.float64)
+    per_sample = softmax_nll(logits, targets) / n[targets]
+    torch.testing.assert_close(inverse_frequency_ce(logits, targets, COUNTS), per_sample.mean())
+    torch.testing.assert_close(inverse_frequency_ce(logits, targets, COUNTS, reduction="sum"), per_sample.sum())
+    torch.testing.assert_close(inverse_frequency_ce(logits, targets, COUNTS, reduction="none"), per_sample)
+    # Not PyTorch's weighted mean, which divides by sum_i 1/N_{y_i} instead of the number of samples
+    assert not torch.allclose(inverse_frequency_ce(logits, targets, COUNTS),
+                              cross_entropy(logits, targets, weight=1 / n))
+
+
+def test_inverse_frequency_ce_reweights_the_smoothed_loss_by_the_sample_class(batch):
+    logits, targets = batch
+    eps, num_classes = 0.1, logits.shape[1]
+    log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (N, C)
+    smoothed = -(1 - eps) * log_p[torch.arange(len(targets)), targets] - eps / num_classes * log_p.sum(1)
+    expected = (smoothed / torch.tensor(COUNTS, dtype=torch.float64)[targets]).mean()
+    torch.testing.assert_close(inverse_frequency_ce(logits, targets, COUNTS, label_smoothing=eps), expected)
+
+
+def test_inverse_frequency_ce_weighs_every_class_equally():
+    """The re-weighting of eq. 2: a class's N_y samples together weigh as much as another class's."""
+    counts = [6, 2]
+    targets = torch.tensor([0] * 6 + [1] * 2)
+    logits = torch.zeros(8, 2, dtype=torch.float64, requires_grad=True)
+    inverse_frequency_ce(logits, targets, counts).backward()
+    # d/dz_y of -log softmax at z = 0 is p_y - 1 = -1/2 per sample: each class totals -(1/2) / 8 * N_y / N_y
+    per_class = torch.stack([logits.grad[targets == c, c].sum() for c in (0, 1)])
+    torch.testing.assert_close(per_class, torch.full((2,), -0.5 / 8, dtype=torch.float64))
+
+
 def test_logit_adjusted_ce_matches_formula_with_tau_and_smoothing(batch):
     logits, targets = batch
     tau, eps, num_classes = 0.7, 0.1, logits.shape[1]
@@ -203,7 +246,7 @@ def test_zero_counts_are_rejected(batch):
     logits, targets = batch
     zero = [10, 5, 0, 3, 1]
     for fn in (lambda: logit_adjusted_ce(logits, targets, zero), lambda: balanced_softmax_ce(logits, targets, zero),
-               lambda: posthoc_logit_adjust(logits, zero)):
+               lambda: posthoc_logit_adjust(logits, zero), lambda: inverse_frequency_ce(logits, targets, zero)):
         with pytest.raises(ValueError, match=r"class_counts must be positive.*\[2\]"):
             fn()
 
@@ -256,6 +299,11 @@ def test_make_loss_matches_direct_calls_and_aliases(batch):
     assert torch.equal(build_loss("lace", COUNTS, tau=0.5)(logits, targets),
                        logit_adjusted_ce(logits, targets, COUNTS, tau=0.5))
     assert build_loss("lace", COUNTS).name == "logit_adjusted"
+    assert torch.equal(build_loss("balce_eq2", COUNTS, label_smoothing=0.1)(logits, targets),
+                       inverse_frequency_ce(logits, targets, COUNTS, label_smoothing=0.1))
+    assert build_loss("balce_eq2", COUNTS).name == "inverse_frequency_ce"
+    assert torch.equal(build_loss("balce", COUNTS, label_smoothing=0.1)(logits, targets),
+                       balanced_softmax_ce(logits, targets, COUNTS, label_smoothing=0.1))
 
 
 def test_make_loss_errors():
@@ -290,6 +338,8 @@ def test_counts_accept_numpy_and_tensor(batch):
     (lambda z, y, bad: LDAMLoss(COUNTS, scale=bad), "scale"),
     (lambda z, y, bad: logit_adjusted_ce(z, y, COUNTS, tau=bad), "tau"),
     (lambda z, y, bad: posthoc_logit_adjust(z, COUNTS, tau=bad), "tau"),
+    (lambda z, y, bad: balanced_softmax_ce(z, y, COUNTS, label_smoothing=bad), "label_smoothing"),
+    (lambda z, y, bad: inverse_frequency_ce(z, y, COUNTS, label_smoothing=bad), "label_smoothing"),
 ])
 def test_every_float_setting_of_a_loss_must_be_finite(batch, call, name, bad):
     logits, targets = batch
@@ -300,7 +350,8 @@ def test_every_float_setting_of_a_loss_must_be_finite(batch, call, name, bad):
 @pytest.mark.hostile
 @pytest.mark.parametrize("name, option", [("ce", "label_smoothing"), ("focal", "gamma"), ("cb_focal", "gamma"),
                                           ("cb_focal", "beta"), ("ldam_drw", "max_margin"), ("ldam_drw", "scale"),
-                                          ("ldam_drw", "beta"), ("lace", "tau"), ("lace", "label_smoothing")])
+                                          ("ldam_drw", "beta"), ("lace", "tau"), ("lace", "label_smoothing"),
+                                          ("balce", "label_smoothing"), ("balce_eq2", "label_smoothing")])
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_build_loss_refuses_non_finite_options_when_built(name, option, bad):
     extra = {"drw_epoch": 2} if name == "ldam_drw" else {}
