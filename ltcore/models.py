@@ -8,7 +8,10 @@ run the last stage at stride 1 (timm's ``output_stride=16``, dilated), so the
 final feature map stays 7x7: region self-attention needs a spatial map.
 
 All variants are built by one factory, :func:`build_backbone`; the tiny
-``test_*`` variants exist for unit tests only.
+``test_*`` variants exist for unit tests only. ``build_backbone("precomputed",
+C)`` is the identity over feature maps with C channels computed beforehand by a
+frozen pretrained network (:class:`PrecomputedFeatureMaps`): the same plain
+model and IEM classifier then train on top of those maps.
 
 Taught in notebook 01, *Baselines*.
 """
@@ -39,6 +42,8 @@ BACKBONES = {
                                    "half-width ResNet-10, CIFAR stem: 28x28 -> 7x7 feature map (quick default)"),
     "resnet10_tiny": BackboneSpec((16, 32, 64, 64), (1, 1, 1, 1), True,
                                   "narrow ResNet-10, stride-2 3x3 stem: 28x28 -> 7x7 in minutes on 2 CPU cores", 2),
+    "resnet10_micro": BackboneSpec((8, 16, 32, 32), (1, 1, 1, 1), True,
+                                   "half of resnet10_tiny's width: 28x28 -> 7x7, the claims' end-to-end runs", 2),
     "test_resnet": BackboneSpec((4, 8, 8, 16), (1, 1, 1, 1), True, "tiny variant for unit tests", 2),
 }
 
@@ -49,7 +54,7 @@ class Backbone(nn.Module):
     def __init__(self, name: str, in_chans: int = 1, mean: float | tuple = 0.5, std: float | tuple = 0.5):
         super().__init__()
         if name not in BACKBONES:
-            raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+            raise KeyError(f"unknown backbone {name!r}; known: {', '.join([*BACKBONES, PRECOMPUTED])}")
         spec = BACKBONES[name]
         in_chans = check_int("in_chans", in_chans, 1)
         # timm's plain stem is always 64 wide; its "deep" stem is 2 * stem_width wide, so asking for a deep
@@ -81,13 +86,42 @@ class Backbone(nn.Module):
         return self.net.forward_features((images - self.mean) / self.std)
 
 
+class PrecomputedFeatureMaps(nn.Module):
+    """The identity backbone: its inputs are feature maps ``[B, C, H, W]`` that a frozen network computed
+    beforehand (e.g. :func:`ltcore.features.extract_features`), passed on as float32 (cached maps may be float16).
+
+    Nothing here is trained, so every head built on it trains on frozen features.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.name = PRECOMPUTED
+        self.out_dim = check_int("channels", channels, 1)
+
+    def forward(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        if feature_maps.dim() != 4 or feature_maps.shape[1] != self.out_dim:
+            raise ValueError(f"precomputed feature maps must be [B, {self.out_dim}, H, W], got "
+                             f"{tuple(feature_maps.shape)}")
+        return feature_maps.float()  # (B, C, H, W), float32 whatever the cache's dtype
+
+
 FASHION_MNIST_MEAN_STD = (0.2860, 0.3530)
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+PRECOMPUTED = "precomputed"  # build_backbone's name of the identity over cached feature maps
 
 
-def build_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=None, std=None) -> Backbone:
-    """Build a named backbone. Inputs are images in [0, 1]; the backbone normalises them with ``mean``/``std``
-    (default: Fashion-MNIST's pixel statistics for 1 channel, ImageNet's for 3)."""
+def build_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=None,
+                   std=None) -> Backbone | PrecomputedFeatureMaps:
+    """Build a named backbone (:data:`BACKBONES`). Inputs are images in [0, 1]; the backbone normalises them with
+    ``mean``/``std`` (default: Fashion-MNIST's pixel statistics for 1 channel, ImageNet's for 3).
+
+    ``name="precomputed"``: :class:`PrecomputedFeatureMaps`, whose inputs are feature maps with ``in_chans``
+    channels (``mean`` and ``std`` do not apply).
+    """
+    if name == PRECOMPUTED:
+        if mean is not None or std is not None:
+            raise ValueError("precomputed feature maps are not normalised: pass no mean or std")
+        return PrecomputedFeatureMaps(in_chans)
     default_mean, default_std = FASHION_MNIST_MEAN_STD if in_chans == 1 else IMAGENET_MEAN_STD
     return Backbone(name, in_chans, default_mean if mean is None else mean, default_std if std is None else std)
 
@@ -110,7 +144,7 @@ class PlainClassifier(nn.Module):
     ``normed=True`` swaps the linear layer for a cosine classifier (LDAM-DRW's setting).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, normed: bool = False):
+    def __init__(self, backbone: Backbone | PrecomputedFeatureMaps, num_classes: int, normed: bool = False):
         super().__init__()
         num_classes = check_int("num_classes", num_classes, 1)
         self.backbone = backbone

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ltcore.data import ArrayDataset
-from ltcore.iem.model import ABLATIONS, IEMClassifier, build_iem, check_memory_fits, hard_negatives
+from ltcore.iem.model import (ABLATIONS, IEMClassifier, bank_mean_values, build_iem, check_memory_fits,
+                               hard_negatives)
 from ltcore.losses import build_loss
 from ltcore.iem.memory import EpisodicMemory, MemoryOptimizer, projected_bank_sizes
 from ltcore.iem.rsa import region_partition
@@ -222,6 +223,56 @@ def test_without_rsa_the_local_keys_are_the_most_activated_pooled_regions():
     assert torch.allclose(features.region_keys, pooled[torch.arange(BATCH)[:, None], order], atol=1e-5)
 
 
+def test_the_uniform_attention_control_writes_the_regions_with_the_largest_encodings():
+    """Every region weighs 1/R, so no attention ranks them: the k encodings g of largest norm are the local keys."""
+    model = make_model(rsa_kwargs=dict(uniform_weights=True)).eval()
+    features = model.encode(batch()[0])
+    with torch.no_grad():
+        out = model.rsa(features.feature_map, return_weights=True, return_regions=True)
+    assert torch.allclose(out.weights, torch.full_like(out.weights, 1 / out.weights.shape[1]))
+    order = out.region_features.norm(dim=-1).argsort(1, descending=True)[:, :K]        # [B, K]
+    assert torch.allclose(features.region_keys, out.region_features[torch.arange(BATCH)[:, None], order])
+
+
+# --------------------------------------------------------------------------- our memory variants (not the paper)
+def test_written_value_one_writes_one_for_every_key():
+    model = make_model(written_value="one")
+    warm_up(model, steps=1)
+    for memory in model.memories.values():
+        assert all(torch.equal(memory.bank(c)[2], torch.ones(memory.bank_size(c))) for c in range(NUM_CLASSES))
+
+
+def test_bank_mean_reads_divide_each_class_by_its_banks_mean_value():
+    paper, normalised = make_model(), make_model(read_normalization="bank_mean")
+    warm_up(paper)
+    normalised.load_state_dict(paper.state_dict())   # the same network and banks, only the reads differ
+    images, _ = batch(seed=5)
+    with torch.no_grad():
+        out_paper, out_normalised = paper.eval()(images), normalised.eval()(images)
+    for name, memory in paper.memories.items():
+        means = torch.stack([memory.bank(c)[2].mean() for c in range(NUM_CLASSES)])  # [L]
+        torch.testing.assert_close(bank_mean_values(memory), means)
+        torch.testing.assert_close(out_normalised[f"{name}_memory"], out_paper[f"{name}_memory"] / means)
+    torch.testing.assert_close(out_normalised["classifier"], out_paper["classifier"])
+
+
+def test_bank_mean_of_an_empty_or_non_positive_bank_leaves_the_read_as_it_is():
+    memory = EpisodicMemory(3, 2)
+    memory.write(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([0.0, 0.5]), torch.tensor([0, 1]))
+    assert bank_mean_values(memory).tolist() == [1.0, 0.5, 1.0]
+
+
+def test_reset_memories_empties_them_and_keeps_their_settings():
+    model = make_model(memory_kwargs=dict(capacity=16, top_n=3))
+    warm_up(model)
+    before = {name: memory.config for name, memory in model.memories.items()}
+    model.reset_memories()
+    assert {name: memory.config for name, memory in model.memories.items()} == before
+    assert all(memory.num_slots == 0 for memory in model.memories.values())
+    warm_up(model, steps=1)   # the emptied memories are the ones written and read
+    assert all(memory.num_slots > 0 for memory in model.memories.values())
+
+
 # --------------------------------------------------------------------------- training and inference
 def test_one_fit_epoch_after_warmup_writes_to_the_memories_within_capacity():
     data = toy_dataset()  # 12 images per class, 2 epochs -> 24 global, 48 local writes per class
@@ -319,6 +370,8 @@ def test_state_dict_round_trip_gives_identical_predictions():
     (lambda: build_iem("test", NUM_CLASSES, regions_per_image=0), "regions_per_image"),
     (lambda: build_iem("test", 1), "num_classes"),
     (lambda: build_iem("test", NUM_CLASSES, warmup_epochs=-1), "warmup_epochs"),
+    (lambda: build_iem("test", NUM_CLASSES, written_value="logit"), "written_value"),
+    (lambda: build_iem("test", NUM_CLASSES, read_normalization="softmax"), "read_normalization"),
     (lambda: build_iem("test", NUM_CLASSES, ablation="no_rsa", rsa_kwargs=dict(kye_dim=4)), "kye_dim"),
     (lambda: make_model(regions_per_image=500).encode(batch()[0]), "exceeds the 169 regions"),  # 7x7 map, <= 2x2
     (lambda: make_model().loss_terms(batch()[0], torch.tensor([0, 1, 2, 3, 0, 1]), CE, epoch=0),

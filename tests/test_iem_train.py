@@ -12,10 +12,10 @@ import torch
 import ltcore.experiments
 import ltcore.iem.train
 from ltcore.config import seed_everything
-from ltcore.data.datasets import ArrayDataset, LTSplits, RandomCropFlip
+from ltcore.data.datasets import ArrayDataset, LTSplits, RandomCropFlip, evaluation_view
 from ltcore.experiments import evaluate, train_baseline
 from ltcore.iem.model import ABLATIONS, build_iem
-from ltcore.iem.train import BRANCHES, open_set_metrics, open_set_result_row, train_iem
+from ltcore.iem.train import BRANCHES, open_set_metrics, open_set_result_row, rewrite_memories, train_iem
 from ltcore.losses import build_loss
 from ltcore.metrics import open_set_predictions
 from ltcore.train import TrainConfig, fit, predict
@@ -26,10 +26,11 @@ CONFIG = TrainConfig(epochs=2, batch_size=8, lr=0.05, seed=0, progress=False, de
 SETTINGS = dict(warmup_epochs=1)  # epoch 0 writes only, epoch 1 reads (eq. 16)
 
 
-def tiny_splits(with_open_set: bool = False) -> LTSplits:
+def tiny_splits(with_open_set: bool = False, with_val: bool = False) -> LTSplits:
     """Augmented training split (RandomCropFlip on the global RNG, as the real builders), balanced test split."""
     open_images, _ = class_images([3] * 4, seed=3)
-    return LTSplits(name="tiny", train=ArrayDataset(*class_images(TRAIN_COUNTS, seed=0), RandomCropFlip()), val=None,
+    return LTSplits(name="tiny", train=ArrayDataset(*class_images(TRAIN_COUNTS, seed=0), RandomCropFlip()),
+                    val=ArrayDataset(*class_images([2] * 4, seed=4)) if with_val else None,
                     test=ArrayDataset(*class_images([3] * 4, seed=2)), class_counts=TRAIN_COUNTS,
                     open_set=ArrayDataset(255 - open_images, np.full(len(open_images), -1)) if with_open_set else None)
 
@@ -79,6 +80,50 @@ def test_the_recipe_is_build_fit_predict_in_this_order(iem_run, splits):
     for key in test:
         assert np.array_equal(test[key], iem_run["predictions"][key]), key
         assert np.array_equal(open_[key], iem_run["open_predictions"][key]), key
+
+
+def test_validate_scores_the_validation_split_after_every_epoch():
+    splits = tiny_splits(with_val=True)
+    run = train_iem(splits, CONFIG, variant="test", progress=False, validate=True, **SETTINGS)
+    curve = [epoch["val_top1"] for epoch in run["history"].epochs]
+    assert len(curve) == CONFIG.epochs and all(0.0 <= value <= 1.0 for value in curve)
+    last = predict(run["model"], splits.val, progress=False)
+    assert curve[-1] == float((last["logits"].argmax(1) == last["labels"]).mean())
+    quiet = train_iem(splits, CONFIG, variant="test", progress=False, **SETTINGS)  # the default: no validation
+    assert all("val_top1" not in epoch for epoch in quiet["history"].epochs)
+    assert np.array_equal(quiet["predictions"]["logits"], run["predictions"]["logits"])  # validating changes nothing
+
+
+def test_rewrite_memories_holds_each_training_image_once_with_the_final_network():
+    """Our variant: after the re-write a bank holds the final keys and confidences of its class's images."""
+    splits = tiny_splits()
+    run = train_iem(splits, CONFIG, variant="test", progress=False, memory_kwargs=dict(capacity=64), **SETTINGS)
+    model, plain_view = run["model"], evaluation_view(splits.train, splits.test)  # 64 slots: no class evicts
+    assert model.global_memory.num_slots > len(splits.train)   # during training the banks collect every epoch's keys
+    rewrite_memories(model, plain_view, batch_size=16)
+    images, labels = next(iter(torch.utils.data.DataLoader(plain_view, batch_size=len(plain_view))))[:2]
+    with torch.no_grad():
+        features = model.eval().encode(images)
+    confidence = features.logits.softmax(1)[torch.arange(len(labels)), labels]
+    k = features.region_keys.shape[1]
+    for c in range(splits.num_classes):
+        rows = (labels == c).nonzero().flatten()   # in dataset order, the order of the writes
+        _, keys, values = model.global_memory.bank(c)
+        torch.testing.assert_close(keys, features.global_keys[rows])
+        torch.testing.assert_close(values, confidence[rows])
+        _, local_keys, local_values = model.local_memory.bank(c)
+        torch.testing.assert_close(local_keys, features.region_keys[rows].reshape(len(rows) * k, -1))
+        torch.testing.assert_close(local_values, confidence[rows].repeat_interleave(k))
+
+
+def test_final_rewrite_is_training_then_rewrite_memories():
+    splits = tiny_splits()
+    rewritten = train_iem(splits, CONFIG, variant="test", progress=False, final_rewrite=True, **SETTINGS)
+    run = train_iem(splits, CONFIG, variant="test", progress=False, **SETTINGS)
+    rewrite_memories(run["model"], evaluation_view(splits.train, splits.test), CONFIG.eval_batch_size)
+    by_hand = predict(run["model"], splits.test, progress=False)
+    for key in by_hand:
+        assert np.array_equal(rewritten["predictions"][key], by_hand[key]), key
 
 
 @pytest.mark.parametrize("ablation", [a for a in ABLATIONS if a is not None])

@@ -10,13 +10,16 @@ from ltcore.iem.memory import EpisodicMemory
 from ltcore.iem.model import ABLATIONS, IEM_VARIANTS, build_iem
 from ltcore.iem.rsa import RSA_VARIANTS, build_rsa
 from ltcore.losses import build_loss
-from ltcore.models import BACKBONES, PlainClassifier, build_backbone
+from ltcore.models import BACKBONES, PRECOMPUTED, PlainClassifier, build_backbone
 
 NUM_CLASSES = 3
 BATCH = 6
 # Smallest input giving each backbone a feature map of at least 3x3 (RSA's largest region in the paper-sized
 # variants): the CIFAR-style stems divide by 4, the ImageNet stem of "resnet10" by 32.
 INPUT_SIZE = {name: 12 if spec.small_input else 96 for name, spec in BACKBONES.items()}
+# The identity over cached maps takes the 3x3 map itself, with this many channels.
+INPUT_SIZE[PRECOMPUTED] = 3
+MAP_CHANNELS = 8
 
 
 def images(size: int, in_chans: int = 1, batch: int = BATCH, seed: int = 0) -> torch.Tensor:
@@ -53,6 +56,31 @@ def test_every_backbone_in_the_plain_model(name, normed, in_chans):
     assert_every_parameter_has_a_finite_gradient(model)
 
 
+def test_the_plain_model_on_precomputed_feature_maps_is_a_linear_head_on_their_mean():
+    """The frozen-features setting of the claims: the identity backbone passes cached (float16) maps on as float32."""
+    torch.manual_seed(0)
+    backbone = build_backbone(PRECOMPUTED, MAP_CHANNELS)
+    model = PlainClassifier(backbone, NUM_CLASSES)
+    maps = torch.randn(BATCH, MAP_CHANNELS, 3, 3).half()
+    assert backbone.out_dim == MAP_CHANNELS and not list(backbone.parameters())
+    assert backbone(maps).dtype == torch.float32 and torch.equal(backbone(maps), maps.float())
+    torch.testing.assert_close(model(maps), model.fc(maps.float().mean(dim=(2, 3))))
+    F.cross_entropy(model(maps), labels()).backward()
+    assert_every_parameter_has_a_finite_gradient(model)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: build_backbone(PRECOMPUTED, 0), "channels"),
+    (lambda: build_backbone(PRECOMPUTED, 4, mean=0.5), "not normalised"),
+    (lambda: build_backbone(PRECOMPUTED, 4)(torch.zeros(2, 5, 3, 3)), r"\[B, 4, H, W\]"),
+    (lambda: build_backbone(PRECOMPUTED, 4)(torch.zeros(2, 4, 3)), r"\[B, 4, H, W\]"),
+    (lambda: build_backbone("nosuch"), "precomputed"),
+])
+def test_bad_backbone_requests_are_clear_errors(build, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        build()
+
+
 # --------------------------------------------------------------------------- region self-attention
 RSA_OPTIONS = {
     "sliding": {},
@@ -85,28 +113,38 @@ def iem_input_size(variant: str) -> int:
     return INPUT_SIZE[IEM_VARIANTS[variant]["backbone"]]
 
 
+def iem_inputs(variant: str, seed: int = 0) -> torch.Tensor:
+    """Images for a backbone that sees images, cached maps for the identity over precomputed maps."""
+    channels = MAP_CHANNELS if IEM_VARIANTS[variant]["backbone"] == PRECOMPUTED else 1
+    return images(iem_input_size(variant), channels, seed=seed)
+
+
+def iem_model(variant: str, ablation) -> torch.nn.Module:
+    channels = MAP_CHANNELS if IEM_VARIANTS[variant]["backbone"] == PRECOMPUTED else 1
+    return build_iem(variant, NUM_CLASSES, ablation=ablation, in_chans=channels, regions_per_image=2).train()
+
+
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 @pytest.mark.parametrize("variant", list(IEM_VARIANTS))
 def test_every_iem_variant_and_ablation(variant, ablation):
     """Warm-up writes, then eq. 16: CE and the memory terms reach every parameter and the slots read."""
     torch.manual_seed(0)
-    model = build_iem(variant, NUM_CLASSES, ablation=ablation, in_chans=1, regions_per_image=2).train()
+    model = iem_model(variant, ablation)
     loss_fn = build_loss("ce", [10] * NUM_CLASSES)
-    size = iem_input_size(variant)
     for step in range(2):  # warm-up (epoch 0): writes only
-        warmup_loss = model.training_step(images(size, seed=step), labels(), None, loss_fn, epoch=0)
+        warmup_loss = model.training_step(iem_inputs(variant, seed=step), labels(), None, loss_fn, epoch=0)
         warmup_loss.backward()
         model.after_optimizer_step()
     assert all(memory.num_slots > 0 for memory in model.memories.values())
     model.zero_grad(set_to_none=True)
-    terms = model.loss_terms(images(size, seed=7), labels(), loss_fn, epoch=1)
+    terms = model.loss_terms(iem_inputs(variant, seed=7), labels(), loss_fn, epoch=1)
     assert set(terms) == {"ce"} | {f"{name}_{sign}" for name in model.memories for sign in ("pos", "neg")}
     sum(terms.values()).backward()
     assert_every_parameter_has_a_finite_gradient(model)
     assert all(memory.step() > 0 for memory in model.memories.values())  # the lazy Adam moves the slots read
     model.eval()
     with torch.no_grad():
-        out = model(images(size, seed=8))
+        out = model(iem_inputs(variant, seed=8))
     assert all(scores.shape == (BATCH, NUM_CLASSES) and torch.isfinite(scores).all() for scores in out.values())
 
 
@@ -115,19 +153,21 @@ def test_every_iem_variant_and_ablation(variant, ablation):
 def test_the_memory_terms_alone_reach_everything_but_the_head(variant, ablation):
     """Eq. 16's memory terms reach the backbone (and RSA) through the keys; the head's only gradient is CE's."""
     torch.manual_seed(0)
-    model = build_iem(variant, NUM_CLASSES, ablation=ablation, in_chans=1, regions_per_image=2).train()
+    model = iem_model(variant, ablation)
     loss_fn = build_loss("ce", [10] * NUM_CLASSES)
-    size = iem_input_size(variant)
-    model.training_step(images(size), labels(), None, loss_fn, epoch=0)
+    model.training_step(iem_inputs(variant), labels(), None, loss_fn, epoch=0)
     model.after_optimizer_step()
-    terms = model.loss_terms(images(size, seed=1), labels(), loss_fn, epoch=1)
+    inputs = iem_inputs(variant, seed=1).requires_grad_()
+    terms = model.loss_terms(inputs, labels(), loss_fn, epoch=1)
     sum(value for name, value in terms.items() if name != "ce").backward()
     # The global memory's keys are GAP(f) and the local ones RSA's region encodings g (eq. 9): the memories reach
     # RSA's key path only through the local keys, and never its values (eq. 12), which feed the head alone.
     rsa_unreached = ("rsa.to_value.",) if model.local_memory is not None else ("rsa.",)
     assert_every_parameter_has_a_finite_gradient(model, but=("fc.", *rsa_unreached))
     assert model.fc.weight.grad is None or not bool(model.fc.weight.grad.any())
-    assert bool(model.backbone.net.conv1.weight.grad.abs().sum() > 0)
+    assert bool(inputs.grad.abs().sum() > 0)  # through the backbone (its first layer, or the identity) to the input
+    if IEM_VARIANTS[variant]["backbone"] != PRECOMPUTED:
+        assert bool(model.backbone.net.conv1.weight.grad.abs().sum() > 0)
 
 
 # --------------------------------------------------------------------------- memory configurations

@@ -68,6 +68,21 @@ Interpretations (the paper is under-specified in these places)
   (``ltcore.metrics.open_set_predictions(..., normalized=False)``).
 * Optimizers (4.2): SGD(backbone + RSA + head) and the memories' own lazy Adam
   (:class:`ltcore.iem.memory.MemoryOptimizer`). The memory lr is ``memory_kwargs["lr"]`` (paper 1e-5).
+* Uniform attention (``rsa_kwargs=dict(uniform_weights=True)``, our control for the claim that RSA's gain is
+  its attention; not in the paper). Every region weighs 1/R, so no attention ranks the regions for the local
+  memory: **our reading** takes the ``k`` regions whose encodings ``g`` have the largest L2 norm, as "w/o RSA"
+  ranks its pooled regions by norm.
+
+Our variants (diagnostics, not the paper; the defaults above are the paper as we read it)
+----------------------------------------------------------------------------------------
+* ``written_value="one"``: every pair is written with value 1 instead of the classifier's confidence
+  ``softmax(y')[y]``. A tail class's confidence stays low while the classifier learns it, so with the paper's
+  value its bank reads low for every query; with 1, only eq. 16's training moves the values.
+* ``read_normalization="bank_mean"``: at inference each class's read (eq. 1) is divided by the mean value
+  stored in that class's bank, so a bank whose values are low overall is not read as "unlikely" everywhere.
+* A final re-write (:func:`ltcore.iem.train.rewrite_memories`): after training, the memories are emptied and
+  written once with every training image's final keys and values, so no bank holds keys an earlier network
+  computed.
 
 Taught in notebook 06, *The IEM classifier, sentence by sentence*.
 """
@@ -87,8 +102,8 @@ from ltcore.iem.rsa import RegionSelfAttention, region_partition, region_sums
 from ltcore.models import build_backbone
 from ltcore.train import TrainConfig, call_loss, default_optimizers
 
-__all__ = ["ABLATIONS", "IEM_VARIANTS", "IEMClassifier", "IEMFeatures", "build_iem", "check_memory_fits",
-           "hard_negatives"]
+__all__ = ["ABLATIONS", "IEM_VARIANTS", "READ_NORMALIZATIONS", "WRITTEN_VALUES", "IEMClassifier", "IEMFeatures",
+           "bank_mean_values", "build_iem", "check_memory_fits", "hard_negatives"]
 
 # Table 5's rows: ablation key -> (method name, switches turned off).
 ABLATIONS: dict[Optional[str], tuple[str, dict]] = {
@@ -97,6 +112,11 @@ ABLATIONS: dict[Optional[str], tuple[str, dict]] = {
     "no_local": ("w/o local memory", {"use_local_memory": False}),
     "no_global": ("w/o global memory", {"use_global_memory": False}),
 }
+
+# What a memory write stores as the value (Section 3.3: the confidence; "one" is our variant, see the docstring).
+WRITTEN_VALUES = ("confidence", "one")
+# How inference reads are scaled (None: as eq. 1 reads them; "bank_mean" is our variant, see the docstring).
+READ_NORMALIZATIONS = (None, "bank_mean")
 
 # Named sizes, all built by build_iem. The paper gives neither the RSA key width nor the largest
 # region nor how many regions reach the local memory: those are our choices (see the docstring).
@@ -109,6 +129,12 @@ IEM_VARIANTS: dict[str, dict] = {
     # slot by at most lr x steps ~ 0.14; our ~120 memory steps need ~1e-3 for the same reach.
     "tiny": dict(backbone="resnet10_tiny", rsa_kwargs=dict(key_dim=16, h_max=2, w_max=2),
                  memory_kwargs=dict(capacity=256, top_n=8, lr=1e-3), regions_per_image=2),
+    # Unit tests on cached maps: the identity backbone over [B, C, h, w] maps (C = in_chans), tiny banks.
+    "test_frozen": dict(backbone="precomputed", rsa_kwargs=dict(key_dim=8, h_max=2, w_max=2),
+                        memory_kwargs=dict(capacity=32, top_n=4), regions_per_image=2),
+    # The claims on frozen pretrained maps (ltcore.claims_iem; chosen on validation, evidence there).
+    "frozen": dict(backbone="precomputed", rsa_kwargs=dict(key_dim=32, hidden_dim=32, h_max=2, w_max=2),
+                   memory_kwargs=dict(capacity=128, top_n=8, lr=1e-3), regions_per_image=2),
     # Paper, 4.2: ResNet-10 on ImageNet-LT, top-n 50, capacity 50,000, gamma 0.99, Adam lr 1e-5.
     "resnet10": dict(backbone="resnet10", rsa_kwargs=dict(key_dim=512, h_max=3, w_max=3),
                      memory_kwargs=dict(capacity=50000, top_n=50, gamma=0.99, lr=1e-5), regions_per_image=8),
@@ -145,13 +171,16 @@ class IEMClassifier(nn.Module):
             without RSA, h_max / w_max / mode / border still define the pooled regions.
         regions_per_image: k regions written to and read from the local memory per image (None: all R).
         warmup_epochs: epochs (from 0) during which the memories are only written and the loss is CE.
+        written_value, read_normalization: the paper's ("confidence", None) or our variants
+            (:data:`WRITTEN_VALUES`, :data:`READ_NORMALIZATIONS`; module docstring).
 
     Taught in notebook 06, *The IEM classifier, sentence by sentence*.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, use_rsa: bool = True, use_global_memory: bool = True,
                  use_local_memory: bool = True, memory_kwargs: Optional[dict] = None, rsa_kwargs: Optional[dict] = None,
-                 regions_per_image: Optional[int] = 4, warmup_epochs: int = 1):
+                 regions_per_image: Optional[int] = 4, warmup_epochs: int = 1, written_value: str = "confidence",
+                 read_normalization: Optional[str] = None):
         super().__init__()
         num_classes = check_int("num_classes (eq. 15 needs a negative class)", num_classes, 2)
         if not (use_global_memory or use_local_memory):
@@ -160,6 +189,8 @@ class IEMClassifier(nn.Module):
         if regions_per_image is not None:
             regions_per_image = check_int("regions_per_image (or None)", regions_per_image, 1)
         warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+        self.written_value = check_choice("written_value", written_value, WRITTEN_VALUES)
+        self.read_normalization = check_choice("read_normalization", read_normalization, READ_NORMALIZATIONS)
         channels = getattr(backbone, "out_dim", None)
         if not isinstance(channels, int):
             raise ValueError("backbone must expose its output channels as an int attribute out_dim")
@@ -227,7 +258,9 @@ class IEMClassifier(nn.Module):
             else:
                 attention = self.rsa(feature_map, return_weights=True, return_regions=True)
                 pooled = attention.feature                                     # [B, C]
-                region_keys = self._top_regions(attention.region_features, attention.weights)  # [B, R, D] -> [B, k, D]
+                # uniform weights (the control) rank no region: the largest encodings, as w/o RSA
+                ranking = attention.region_features.norm(dim=-1) if self.rsa.uniform_weights else attention.weights
+                region_keys = self._top_regions(attention.region_features, ranking)  # [B, R, D] -> [B, k, D]
         else:
             pooled = global_keys  # "replace the region self-attention mechanism with a simple average pooling"
             if self.local_memory is not None:
@@ -274,11 +307,16 @@ class IEMClassifier(nn.Module):
         return scores.view(-1, k).mean(1)                                      # [B, k] -> [B]
 
     def memory_scores(self, features: IEMFeatures) -> dict[str, Tensor]:
-        """Every bank of every memory present read for every image (inference): name -> [B, L]."""
+        """Every bank of every memory present read for every image (inference): name -> [B, L].
+
+        With ``read_normalization="bank_mean"`` (our variant) each class's read is divided by its bank's mean value.
+        """
         scores = {}
         for name, memory in self.memories.items():
             keys, k = self._memory_keys(name, features)                        # [B k, D]
             scores[name] = memory.read_all(keys).view(-1, k, self.num_classes).mean(1)  # [B, k, L] -> [B, L]
+            if self.read_normalization == "bank_mean":
+                scores[name] = scores[name] / bank_mean_values(memory).to(scores[name])  # [B, L] / [L]
         return scores
 
     # ------------------------------------------------------------------ training (eq. 14-16)
@@ -305,12 +343,27 @@ class IEMClassifier(nn.Module):
         return sum(self.loss_terms(images, labels, loss_fn, epoch).values())
 
     def _queue_writes(self, features: IEMFeatures, labels: Tensor) -> None:
-        """Queue (key, softmax(y')[y], label) for each memory; values and keys are detached."""
+        """Queue this batch's pairs for each memory (:meth:`memory_pairs`); written after the optimizers' step."""
+        self._pending_writes.extend(self.memory_pairs(features, labels))
+
+    def memory_pairs(self, features: IEMFeatures, labels: Tensor) -> list[tuple[EpisodicMemory, Tensor, Tensor,
+                                                                                 Tensor]]:
+        """(memory, keys [B k, D], values [B k], labels [B k]) of a batch for each memory present (Section 3.3),
+        detached: the value is softmax(y')[y] (``written_value="one"``: 1), shared by an image's k local keys."""
         confidence = features.logits.detach().softmax(1).gather(1, labels.view(-1, 1)).squeeze(1)  # [B]
+        if self.written_value == "one":
+            confidence = torch.ones_like(confidence)
+        pairs = []
         for name, memory in self.memories.items():
             keys, k = self._memory_keys(name, features)                        # [B k, D]
-            self._pending_writes.append((memory, keys.detach(), confidence.repeat_interleave(k),
-                                         labels.repeat_interleave(k)))
+            pairs.append((memory, keys.detach(), confidence.repeat_interleave(k), labels.repeat_interleave(k)))
+        return pairs
+
+    def reset_memories(self) -> None:
+        """Empty every memory (same settings, same device): for a re-write with the final network's features."""
+        self._pending_writes = []
+        for name, memory in self.memories.items():
+            setattr(self, f"{name}_memory", EpisodicMemory(**memory.config, device=memory.device))
 
     def after_optimizer_step(self) -> None:
         """Hook of :func:`ltcore.train.fit`: write the queued pairs (eq. 3-4), after the memories' Adam step."""
@@ -335,6 +388,14 @@ class IEMClassifier(nn.Module):
         memory = torch.stack(list(branches.values())).mean(0)                  # [M, B, L] -> [B, L]
         return {"logits": (classifier + memory) / 2, "classifier": classifier, "memory": memory, **branches}
 
+
+
+def bank_mean_values(memory: EpisodicMemory) -> Tensor:
+    """The mean value stored in each bank of ``memory`` [L]; 1 for an empty bank or a mean that is not positive
+    (so that dividing a read by it leaves the read as it is)."""
+    means = torch.stack([memory.bank(c)[2].mean() if memory.bank_size(c) else memory.values.new_ones(())
+                         for c in range(memory.num_classes)])                     # [L]
+    return torch.where(means > 0, means, torch.ones_like(means))
 
 
 def _check_unused_rsa_settings(rsa_kwargs: dict) -> None:

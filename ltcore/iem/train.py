@@ -15,8 +15,10 @@ The recipe (:func:`train_iem`)
 1. Seed (:func:`ltcore.config.seed_everything` with ``config.seed``), then
    :func:`ltcore.iem.model.build_iem`: with the same seed the backbone starts from the same weights as
    the plain model of :func:`ltcore.experiments.train_baseline`.
-2. :func:`ltcore.train.fit` under cross-entropy (eq. 16 adds the memory terms after warm-up), no
-   validation pass.
+2. :func:`ltcore.train.fit` under cross-entropy (eq. 16 adds the memory terms after warm-up); with
+   ``validate=True`` a validation pass after every epoch (the learning curve, ``val_top1`` in the history).
+   With ``final_rewrite=True`` (our variant, not the paper) the memories are then emptied and written once
+   with the final network (:func:`rewrite_memories`).
 3. :func:`ltcore.train.predict` on the test split: the final score ``logits`` and the branches
    ``classifier``, ``memory``, ``global_memory`` / ``local_memory`` (those present); ``seconds`` is
    training plus this prediction, as in ``train_baseline``.
@@ -31,19 +33,20 @@ import time
 from typing import Optional
 
 import numpy as np
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ltcore.checks import check_float
 from ltcore.config import seed_everything
-from ltcore.data.datasets import LTSplits
+from ltcore.data.datasets import LTSplits, evaluation_view
 from ltcore.experiments import evaluate
-from ltcore.iem.model import ABLATIONS, build_iem
+from ltcore.iem.model import ABLATIONS, IEMClassifier, build_iem
 from ltcore.losses import build_loss
 from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure, open_set_predictions
 from ltcore.results import shot_row
 from ltcore.train import TrainConfig, fit, predict
 
-__all__ = ["BRANCHES", "open_set_metrics", "open_set_result_row", "train_iem"]
+__all__ = ["BRANCHES", "open_set_metrics", "open_set_result_row", "rewrite_memories", "train_iem"]
 
 # The scores IEMClassifier.forward returns, final score first (Section 3.3, inference).
 BRANCHES = ("logits", "classifier", "memory", "global_memory", "local_memory")
@@ -92,9 +95,27 @@ def open_set_result_row(splits: LTSplits, method: str, predictions: dict, open_p
                     **extra)
 
 
+@torch.no_grad()
+def rewrite_memories(model: IEMClassifier, dataset: Dataset, batch_size: int = 512) -> None:
+    """Our variant, not the paper: empty the memories of a trained ``model`` and write every item of ``dataset``
+    (the training split, un-augmented) once, with the final network's keys and values (eq. 3-4).
+
+    During training each bank collects keys of every epoch's network, including keys an early network computed
+    and a later one would not; after this, a bank holds what the final network sees. The model is left in eval
+    mode (batch-norm statistics as at inference).
+    """
+    model.eval()
+    model.reset_memories()
+    device = next(model.parameters()).device
+    for images, labels, _ in DataLoader(dataset, batch_size=batch_size):
+        images, labels = images.to(device), labels.to(device)
+        for memory, keys, values, pair_labels in model.memory_pairs(model.encode(images), labels):
+            memory.write(keys, values, pair_labels)
+
+
 def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = None, *, variant: str = "tiny",
               open_set: Optional[Dataset] = None, open_threshold: float = 0.5, method: Optional[str] = None,
-              progress: bool = True, **iem_settings) -> dict:
+              progress: bool = True, validate: bool = False, final_rewrite: bool = False, **iem_settings) -> dict:
     """Train IEM (``ablation=None``) or one of Table 5's ablations ("no_rsa", "no_local", "no_global") on
     ``splits`` and score it (module docstring: the recipe).
 
@@ -102,6 +123,8 @@ def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = N
     ``memory_kwargs``, ...) go to :func:`ltcore.iem.model.build_iem`; ``config`` gives the seed, epochs, batch
     size and SGD schedule. ``open_set`` (images labelled -1) defaults to ``splits.open_set``; without either,
     the row has no open-set columns. ``method`` names the row (default: Table 5's name, "IEM", "w/o RSA", ...).
+    ``validate``: score ``splits.val`` after every epoch (``val_top1`` in the history). ``final_rewrite``: our
+    variant, :func:`rewrite_memories` on the un-augmented training split after training (counted in ``seconds``).
 
     Returns a dict: ``row`` (results row, :func:`open_set_result_row` with ``epochs``, or a closed-set
     :func:`ltcore.results.shot_row`), ``shots`` (branch -> :class:`~ltcore.metrics.ShotAccuracy` with
@@ -115,7 +138,10 @@ def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = N
     seed_everything(config.seed)  # the initial weights must not depend on what ran before in the process
     model = build_iem(variant, splits.num_classes, ablation=ablation, in_chans=in_chans, **iem_settings)
     started = time.perf_counter()
-    history = fit(model, splits.train, build_loss("ce", splits.class_counts), config)
+    history = fit(model, splits.train, build_loss("ce", splits.class_counts), config,
+                  val_set=splits.val if validate else None)
+    if final_rewrite:
+        rewrite_memories(model, evaluation_view(splits.train, splits.test), config.eval_batch_size)
     predictions = predict(model, splits.test, config.eval_batch_size, progress=progress)
     seconds = time.perf_counter() - started
     open_predictions = None if open_set is None else predict(model, open_set, config.eval_batch_size,
