@@ -16,6 +16,8 @@ Method names (strings a runner maps to training recipes; meanings in :data:`METH
 ``retrieval-only-k1``, ``retrieval-only-k30``.
 
 Results are in points (accuracy in percent), and so are differences and margins.
+
+Taught in notebook 08, *The interval, written out*, and notebook 08, *The verdicts*.
 """
 from __future__ import annotations
 
@@ -31,11 +33,12 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from ltcore.checks import check_choice, check_float, check_int
-from ltcore.io import atomic_write
+from ltcore.io import atomic_write, read_json
 from ltcore.stats import paired_ci
 
 __all__ = ["CLAIMS", "METHODS", "METRICS", "MIN_RUNS", "Claim", "ControlCheck", "check_negative_control",
-           "claim_records", "evaluate_claim", "metric_value", "verdict", "write_claims"]
+           "claim_records", "claims_table", "evaluate_claim", "metric_value", "read_claims", "verdict",
+           "verdict_sentence", "write_claims"]
 
 PAPERS = ("IEM", "RAC", "control")
 DIRECTIONS = ("greater", "less", "equivalent")
@@ -377,6 +380,55 @@ def write_claims(records: Iterable[Mapping[str, Any]], results_dir: str | os.Pat
     json_path = atomic_write(folder / "claims.json", lambda tmp: Path(tmp).write_text(json_text, encoding="utf-8"))
     atomic_write(folder / "claims.csv", lambda tmp: Path(tmp).write_text(csv_text, encoding="utf-8"))
     return json_path
+
+
+def read_claims(results_dir: str | os.PathLike, min_runs: Mapping[str, int] = MIN_RUNS) -> list[dict]:
+    """The records of ``results_dir/claims.json``, each checked as :func:`write_claims` checks it (its interval
+    and verdict re-derived from its diffs, its claim equal to the registered one, at least ``min_runs`` runs).
+    A missing file, a file that is not ``{"claims": [...]}`` standard JSON, or a record that does not follow
+    from its own diffs is an error naming the file."""
+    path = Path(results_dir) / "claims.json"
+    data = read_json(path, "claims file", "; notebook 08_claims writes it (make reproduce)")
+    if not isinstance(data, dict) or set(data) != {"claims"} or not isinstance(data["claims"], list):
+        raise ValueError(f'claims file {path} must hold an object {{"claims": [...]}}')
+    minimum = {setting: check_int(f"min_runs[{setting!r}]", min_runs.get(setting), low=2) for setting in SETTINGS}
+    records = []
+    for position, record in enumerate(data["claims"]):
+        try:
+            checked = _check_record(position, record)
+        except ValueError as exc:
+            raise ValueError(f"claims file {path}: {exc}") from None
+        if checked["n"] < minimum[checked["setting"]]:
+            raise ValueError(f"claims file {path}: claim {checked['id']} ran {checked['n']} paired runs, fewer "
+                             f"than {minimum[checked['setting']]}")
+        records.append(checked)
+    return records
+
+
+_SIDES = {"greater": ">", "less": "<", "equivalent": "≈"}
+
+
+def verdict_sentence(record: Mapping[str, Any]) -> str:
+    """One sentence saying what a record found: the comparison, the mean difference, its interval, the verdict
+    and, when it is not "reproduced", which way the interval fell."""
+    low, high = record["ci95"]
+    margin = f" (within ±{record['margin']:g})" if record["direction"] == "equivalent" else ""
+    lead = (f"{record['method_a']} {_SIDES[record['direction']]} {record['method_b']}{margin} on "
+            f"{record['metric'].replace('_', ' ')}: A - B = {record['mean']:+.2f} points, 95% CI "
+            f"[{low:+.2f}, {high:+.2f}] over {record['n']} runs")
+    if record["verdict"] == "reproduced":
+        return f"{lead}: reproduced."
+    if record["verdict"] == "contradicted":
+        return f"{lead}: contradicted, the interval lies entirely on the other side of the paper's claim."
+    edge = "a margin's edge" if record["direction"] == "equivalent" else "0"
+    return f"{lead}: inconclusive, the interval includes {edge}."
+
+
+def claims_table(records: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Rows for a table of ``records`` (README, notebook 08): id, setting, source, the finding in one sentence,
+    verdict."""
+    return [{"claim": record["id"], "setting": record["setting"], "source": record["source"],
+             "finding": verdict_sentence(record), "verdict": f"**{record['verdict']}**"} for record in records]
 
 
 class ControlCheck(NamedTuple):

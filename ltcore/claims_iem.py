@@ -67,6 +67,8 @@ split played no part.
 Cost of one run (six methods, full 10,000-image test split, one thread, machine otherwise nearly idle): 23 s on
 frozen maps, 81 s end to end. The protocol's 15 + 5 runs: about 6 + 7 minutes; runs are independent, so two
 processes halve it on two cores.
+
+Taught in notebook 08, *The runs*.
 """
 from __future__ import annotations
 

@@ -76,6 +76,8 @@ T's reading         retrieval-only, k = 3: bag 72.67, joined 72.70; k = 5: bag  
 > 365 or 8,142. One run of the whole method list takes about 3 seconds on one thread here (the machine's other
 > core busy); E's index and T's cached embeddings of a permutation (:class:`RetrievalTables`, built once for its
 > seeds) about 1 second, plus about 10 seconds once per process to load MiniLM.
+
+Taught in notebook 08, *The runs*.
 """
 from __future__ import annotations
 

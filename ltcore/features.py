@@ -39,6 +39,8 @@ images' pooled features: cosine 10-NN, a class-balanced logistic regression, and
 
 ``pooled`` takes 108 MB for 21,000 images at every size; ``map_layer="last_block"`` maps take a quarter of the
 ``head`` sizes above.
+
+Taught in notebook 08, *Frozen pretrained features, extracted once*.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ else, such as a pickled ``__reduce__`` that would run a shell command.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -67,6 +68,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file, then rename it into place."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_json(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
+    """The standard JSON in ``path`` (parsing JSON never runs code). A missing file, text that is not UTF-8, and
+    JSON that is invalid or uses ``NaN`` / ``Infinity`` are errors naming ``what`` and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} {path}{missing_hint}")
+
+    def refuse_constant(constant: str):
+        raise ValueError(f"{constant} is not standard JSON")
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
 def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu") -> Any:

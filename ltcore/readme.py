@@ -1,7 +1,8 @@
 """Keep the README's results tables equal to the committed ``results/*.json``.
 
 A block ``<!-- results:NAME -->`` ... ``<!-- /results -->`` in README.md is replaced by the
-markdown table of ``results/NAME.json``. ``python -m ltcore readme`` rewrites the blocks
+markdown table of ``results/NAME.json``; ``<!-- results:claims -->`` is the claims table of
+``results/claims.json`` (:func:`ltcore.claims.claims_table`). ``python -m ltcore readme`` rewrites the blocks
 (``make notebooks`` does it after regenerating the results); a test checks they agree.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ltcore.claims import claims_table, read_claims
 from ltcore.io import atomic_write
 from ltcore.paths import REPO_ROOT
 from ltcore.results import load_results, markdown_table
@@ -18,7 +20,10 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+)(?P<cols>(?: [\w-]+)*) -->\n)
 
 def render(text: str, results_folder: Path) -> str:
     def table(match: re.Match) -> str:
-        rows = load_results(match["name"], results_folder)
+        if match["name"] == "claims":
+            rows = claims_table(read_claims(results_folder))
+        else:
+            rows = load_results(match["name"], results_folder)
         columns = match["cols"].split() or None
         return f"{match.group(1)}{markdown_table(rows, columns)}\n{match.group(5)}"
 

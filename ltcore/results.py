@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-from ltcore.io import atomic_write
+from ltcore.io import atomic_write, read_json
 from ltcore.paths import REPO_ROOT, figures_dir, output_dir, results_dir
 
 COLUMNS = ["dataset", "method", "many", "medium", "few", "overall", "seconds"]
@@ -100,19 +100,7 @@ def load_results(name: str, folder: Optional[Path] = None) -> list[dict]:
     """The rows of ``results/<name>.json`` (or ``folder/<name>.json``); a file that is not standard JSON
     holding a list of rows is an error naming it (JSON parsing never runs code)."""
     path = (folder or results_dir()) / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no results file {path}; run the notebook that writes it (make reproduce)")
-
-    def refuse_constant(constant: str):
-        raise ValueError(f"{constant} is not standard JSON")
-
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse_constant)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"results file {path} is not UTF-8 text (byte {exc.start}); it was not written by "
-                         f"save_results") from None
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"results file {path} is not valid JSON: {exc}") from None
+    rows = read_json(path, "results file", "; run the notebook that writes it (make reproduce)")
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"results file {path} does not hold a list of rows (JSON objects)")
     return rows

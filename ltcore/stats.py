@@ -4,6 +4,8 @@ A *run* is one (seed, class-to-frequency-rank permutation) pair; two compared me
 same permutation, same data order), so each run gives one paired difference ``a_i - b_i`` and the noise that the
 two methods share (an easy permutation, a lucky seed) cancels in it. :func:`paired_ci` turns those differences
 into a mean and a two-sided Student-t interval; :mod:`ltcore.claims` reads a verdict off the interval.
+
+Taught in notebook 08, *The interval, written out*.
 """
 from __future__ import annotations
 

@@ -403,3 +403,60 @@ def test_claim_records_skip_a_metric_that_is_not_a_number_and_refuse_a_repeated_
     assert records == [] and "empty shot group" in skipped["RAC-tail-lean"]
     with pytest.raises(ValueError, match="a second result"):
         claims_module.claim_records(rows + rows[:1])
+
+
+# --- reading the claims back, sentences and the table -------------------------------------------------------
+
+
+def test_read_claims_returns_what_write_claims_wrote(tmp_path):
+    records = [record_for("IEM-overall"), record_for("RAC-text"), record_for("control-same-loss", shift=0.0)]
+    write_claims(records, tmp_path)
+    assert claims_module.read_claims(tmp_path) == records
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"no claims file .*claims\.json"),
+    ('[{"id": "IEM-overall"}]', r'must hold an object \{"claims": \[\.\.\.\]\}'),
+    ('{"claims": [{"id": "IEM-overall", "mean": NaN}]}', r"claims file .*claims\.json is not valid JSON: NaN is not standard JSON"),
+    ('{"claims": [], "extra": 1}', r'must hold an object'),
+])
+def test_read_claims_refuses_a_missing_or_malformed_file(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "claims.json").write_text(content, encoding="utf-8")
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        claims_module.read_claims(tmp_path)
+
+
+def test_read_claims_refuses_an_edited_verdict_and_too_few_runs(tmp_path):
+    record = record_for("IEM-overall", shift=5.0)
+    assert record["verdict"] == "reproduced"
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": [{**record, "verdict": "contradicted"}]}))
+    with pytest.raises(ValueError, match=r"claims\.json: records\[0\] \(IEM-overall\): \['verdict'\] do not follow"):
+        claims_module.read_claims(tmp_path)
+    write_claims([record_for("IEM-overall", n=4, shift=5.0)], tmp_path, {"frozen-features": 4, "e2e": 2})
+    with pytest.raises(ValueError, match=r"IEM-overall ran 4 paired runs, fewer than 15"):
+        claims_module.read_claims(tmp_path)
+    assert len(claims_module.read_claims(tmp_path, {"frozen-features": 4, "e2e": 2})) == 1
+
+
+def test_verdict_sentence_says_the_interval_and_which_way_it_fell():
+    up, down, flat = record_for("IEM-overall", shift=5.0), record_for("IEM-overall", shift=-5.0), \
+        record_for("RAC-text", shift=0.0)
+    assert up["verdict"] == "reproduced" and down["verdict"] == "contradicted"
+    assert claims_module.verdict_sentence(up).startswith("iem > plain on overall: A - B = +5.00 points, 95% CI [")
+    assert claims_module.verdict_sentence(up).endswith("over 15 runs: reproduced.")
+    assert "contradicted, the interval lies entirely on the other side" in claims_module.verdict_sentence(down)
+    text = claims_module.verdict_sentence(flat)
+    assert text.startswith("rac ≈ rac-random-bow (within ±2) on overall")
+    wide = evaluate_claim(CLAIMS["RAC-text"], [d * 10 for d in np.random.default_rng(1).normal(0, 3, 15)],
+                          [0.0] * 15, runs_of(15))
+    assert wide["verdict"] == "inconclusive"
+    assert claims_module.verdict_sentence(wide).endswith("inconclusive, the interval includes a margin's edge.")
+
+
+def test_claims_table_has_one_row_per_record_with_its_sentence():
+    records = [record_for("IEM-overall"), record_for("IEM-few-e2e")]
+    rows = claims_module.claims_table(records)
+    assert [row["claim"] for row in rows] == ["IEM-overall", "IEM-few-e2e"]
+    assert rows[1]["setting"] == "e2e" and rows[0]["verdict"] == f"**{records[0]['verdict']}**"
+    assert rows[0]["finding"] == claims_module.verdict_sentence(records[0])

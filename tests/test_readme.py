@@ -17,3 +17,14 @@ def test_render_replaces_a_block(tmp_path, monkeypatch):
     text = "a\n<!-- results:toy method overall -->\nold\n<!-- /results -->\nb\n"
     assert render(text, tmp_path / "results") == \
         "a\n<!-- results:toy method overall -->\n| method | overall |\n|---|---|\n| m | 2.0 |\n<!-- /results -->\nb\n"
+
+
+def test_render_writes_the_claims_table_from_claims_json(tmp_path):
+    from ltcore.claims import CLAIMS, evaluate_claim, write_claims
+
+    runs = [{"seed": seed, "permutation": p} for p in range(3) for seed in range(5)]
+    record = evaluate_claim(CLAIMS["RAC-k"], [float(v) for v in range(60, 75)], [50.0] * 15, runs)
+    write_claims([record], tmp_path)
+    text = render("<!-- results:claims claim verdict -->\n<!-- /results -->\n", tmp_path)
+    assert text == ("<!-- results:claims claim verdict -->\n| claim | verdict |\n|---|---|\n"
+                    "| RAC-k | **reproduced** |\n<!-- /results -->\n")

@@ -120,3 +120,38 @@ def test_a_notebook_reading_another_ones_results_starts_after_it_finished(tmp_pa
     rep.run_plans(plan, jobs=2)
     when = {(kind, prefix): at for kind, prefix, at in events}
     assert when[("start", "03")] >= when[("end", "01")]   # without the wait, 03 starts when 02 ends (~0.01 s)
+
+
+def _with_duration(path, seconds):
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["papermill"] = {"duration": seconds}
+    nbformat.write(nb, path)
+
+
+def test_the_longest_notebook_starts_first_but_never_before_what_it_reads(tmp_path, monkeypatch):
+    write_notebook(tmp_path / "01_write.ipynb", ["save_results(rows, '01_rows')"])
+    write_notebook(tmp_path / "02_short.ipynb", ["print(VALUE)"])
+    write_notebook(tmp_path / "03_reads_01.ipynb", ["rows = load_results('01_rows', folder=RESULTS)"])
+    write_notebook(tmp_path / "04_long.ipynb", ["print(VALUE)"])
+    write_notebook(tmp_path / "05_never_run.ipynb", ["print(VALUE)"])
+    for name, seconds in (("01_write", 10.0), ("02_short", 5.0), ("03_reads_01", 500.0), ("04_long", 100.0)):
+        _with_duration(tmp_path / f"{name}.ipynb", seconds)
+    assert rep.recorded_seconds(tmp_path / "03_reads_01.ipynb") == 500.0
+    assert rep.recorded_seconds(tmp_path / "05_never_run.ipynb") == 0.0
+    runs = [(nb, tmp_path / "out" / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))]
+    assert [run[0].stem[:2] for run in rep.start_order(runs)] == ["04", "01", "03", "02", "05"]
+
+    started = []
+    monkeypatch.setattr(rep, "run_notebook",
+                        lambda notebook, output, parameters: started.append(notebook.stem[:2]) or 1.0)
+    summary = rep.run_plans(rep.RunPlan("quick", tmp_path / "out", False, runs), jobs=1)
+    assert started == ["04", "01", "03", "02", "05"]
+    assert [row["notebook"] for row in summary] == [nb.name for nb, _, _ in runs]  # summary in teaching order
+
+
+def test_notebooks_waiting_for_each_other_in_a_cycle_are_an_error(tmp_path):
+    write_notebook(tmp_path / "01_a.ipynb", ["rows = load_results('02_rows', folder=RESULTS)"])
+    write_notebook(tmp_path / "02_b.ipynb", ["rows = load_results('01_rows', folder=RESULTS)"])
+    runs = [(nb, tmp_path / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))]
+    with pytest.raises(ValueError, match=r"wait for each other in a cycle: \['01_a.ipynb', '02_b.ipynb'\]"):
+        rep.start_order(runs)
