@@ -215,7 +215,9 @@ def run_iem_claims_methods(pool_inputs: Any, train_labels: np.ndarray, split: An
     ("paper" for the claims). Each result: ``method``, ``seed``, ``permutation``, ``setting``; ``many``,
     ``medium``, ``few``, ``overall`` and ``per_class`` in percent on the full test split (shot groups from the
     run's class counts, :func:`ltcore.metrics.shot_accuracy`); ``val_overall`` (percent, the validation split
-    after training) and ``curve`` (validation overall accuracy after each epoch, percent: convergence).
+    after training) and ``curve`` (validation overall accuracy after each epoch, percent: convergence);
+    ``classifier_overall`` and ``memory_overall``: a diagnostic, the test accuracy of IEM's classifier branch
+    and of its memory branch alone (percent; None for ``plain`` and for a model without that branch).
     """
     seed = check_int("seed", seed, 0, 2**32 - 1)
     permutation = check_int("permutation", permutation, 0)
@@ -311,7 +313,10 @@ def _result(method: str, seed: int, permutation: int, setting: str, splits: LTSp
     val = predict(model, splits.val, progress=False)
     val_overall = shot_accuracy(val["logits"].argmax(1), val["labels"], splits.class_counts).overall
     curve = [100 * epoch["val_top1"] for epoch in run["history"].epochs]
+    # Diagnostics: IEM's branches alone on the test split (eq. 14's classifier head, the memories' mean score).
+    branches = {key: 100 * run["shots"][branch].overall if branch in run.get("shots", {}) else None
+                for key, branch in (("classifier_overall", "classifier"), ("memory_overall", "memory"))}
     return {"method": method, "seed": seed, "permutation": permutation, "setting": setting,
             "many": 100 * test.many, "medium": 100 * test.medium, "few": 100 * test.few,
             "overall": 100 * test.overall, "per_class": [100 * float(a) for a in test.per_class],
-            "val_overall": 100 * val_overall, "curve": curve}
+            "val_overall": 100 * val_overall, "curve": curve, **branches}

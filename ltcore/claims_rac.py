@@ -106,8 +106,11 @@ __all__ = ["RAC_CLAIM_METHODS", "TEXT_READINGS", "CachedFeatureRAC", "RACClaimsR
            "text_features"]
 
 SETTING = "frozen-features"
-RAC_CLAIM_METHODS = ("base-lace", "balce-eq2", "balce-ren", "rac", "rac-random-bow", "rac-base-branch",
-                     "rac-retrieval-branch", "retrieval-only", "retrieval-only-k1", "retrieval-only-k30")
+RAC_CLAIM_METHODS = ("base-lace", "balce-eq2", "balce-ren", "base-lace-reordered", "rac", "rac-random-bow",
+                     "rac-base-branch", "rac-retrieval-branch", "retrieval-only", "retrieval-only-k1",
+                     "retrieval-only-k30")
+# The data-order seed of "base-lace-reordered": the run's seed plus this (its initial weights keep the run's seed).
+REORDERED_OFFSET = 2**31
 TEXT_READINGS = ("bag", "joined")
 RANDOM_TEXT_ENCODER = "bow_random"  # the paper's "Rand." (Fig. 4)
 SPLIT_NAMES = ("train", "val", "test")
@@ -167,6 +170,7 @@ class _Training(NamedTuple):
     loss: str  # build_loss name
     text_encoder: str  # "" in "base" mode
     k: int  # 0 in "base" mode
+    reordered: bool = False  # data order drawn from seed + REORDERED_OFFSET (the data-order control)
 
 
 def _method_plan(method: str, recipe: RACClaimsRecipe) -> tuple[_Training, str]:
@@ -174,6 +178,8 @@ def _method_plan(method: str, recipe: RACClaimsRecipe) -> tuple[_Training, str]:
     base_losses = {"base-lace": "lace", "balce-eq2": "balce_eq2", "balce-ren": "balanced_softmax"}
     if method in base_losses:
         return _Training("base", base_losses[method], "", 0), "fused"
+    if method == "base-lace-reordered":
+        return _Training("base", "lace", "", 0, reordered=True), "fused"
     rac = _Training("rac", "lace", recipe.text_encoder, recipe.k)
     plans = {"rac": (rac, "fused"), "rac-base-branch": (rac, "base"), "rac-retrieval-branch": (rac, "retrieval"),
              "rac-random-bow": (rac._replace(text_encoder=RANDOM_TEXT_ENCODER), "fused"),
@@ -421,9 +427,9 @@ def _train(training: _Training, data: _RunData, retrieval: RetrievalTables, reci
     outputs = ("fused", "base", "retrieval") if training.mode == "rac" else ("fused",)
     curves: dict[str, list[float]] = {output: [] for output in outputs}
     kept, kept_state = 0, None
-    order = torch.Generator()
+    order, order_seed = torch.Generator(), seed + (REORDERED_OFFSET if training.reordered else 0)
     for epoch in range(recipe.epochs):
-        order.manual_seed(seed * 100_003 + epoch)  # the data order of fit(), epoch by epoch
+        order.manual_seed(order_seed * 100_003 + epoch)  # the data order of fit(), epoch by epoch
         model.train()
         for batch in torch.randperm(len(labels), generator=order).split(recipe.batch_size):
             batch_inputs = tuple(None if x is None else x[batch] for x in inputs["train"])

@@ -26,7 +26,7 @@ CONFIG = TrainConfig(epochs=2, batch_size=8, lr=0.05, progress=False, device="cp
 FROZEN = IEMClaimsRecipe(CONFIG, "test_frozen", dict(warmup_epochs=1))
 E2E = IEMClaimsRecipe(dataclasses.replace(CONFIG, epochs=1), "test", dict(warmup_epochs=0), augment=True)
 RESULT_KEYS = {"method", "seed", "permutation", "setting", "many", "medium", "few", "overall", "per_class",
-               "val_overall", "curve"}
+               "val_overall", "curve", "classifier_overall", "memory_overall"}
 
 
 def synthetic_maps(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -114,6 +114,11 @@ def check_results(results: list[dict], setting: str, seed: int, permutation: int
         numbers = [result[key] for key in ("many", "medium", "few", "overall", "val_overall")]
         assert all(0.0 <= value <= 100.0 for value in numbers + result["per_class"] + result["curve"])
         assert result["overall"] == pytest.approx(np.mean(result["per_class"]))
+        branches = (result["classifier_overall"], result["memory_overall"])
+        if result["method"] == "plain":
+            assert branches == (None, None)
+        else:
+            assert all(0.0 <= value <= 100.0 for value in branches), result["method"]
 
 
 def test_frozen_features_give_one_result_per_method_in_points(frozen_results, data):
