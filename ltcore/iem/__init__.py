@@ -8,5 +8,6 @@
 * :mod:`ltcore.iem.rsa` -- region self-attention over multi-scale regions (Section 3.2, eq. 6-13);
 * :mod:`ltcore.iem.model` -- the IEM classifier: backbone, RSA, head, a global and a local memory (Section 3.3);
 * :mod:`ltcore.iem.train` -- the training recipe and the open-set scoring (Tables 4-5);
-* :mod:`ltcore.iem.plots` -- figures of the region partition and the attention.
+* :mod:`ltcore.iem.plots` -- figures of the region partition and the attention;
+* :mod:`ltcore.iem.claims` -- the methods of IEM's claims on one paired run (notebook 08; :mod:`ltcore.claims`).
 """

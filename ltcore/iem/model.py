@@ -132,7 +132,7 @@ IEM_VARIANTS: dict[str, dict] = {
     # Unit tests on cached maps: the identity backbone over [B, C, h, w] maps (C = in_chans), tiny banks.
     "test_frozen": dict(backbone="precomputed", rsa_kwargs=dict(key_dim=8, h_max=2, w_max=2),
                         memory_kwargs=dict(capacity=32, top_n=4), regions_per_image=2),
-    # The claims on frozen pretrained maps (ltcore.claims_iem; chosen on validation, evidence there).
+    # The claims on frozen pretrained maps (ltcore.iem.claims; chosen on validation, evidence there).
     "frozen": dict(backbone="precomputed", rsa_kwargs=dict(key_dim=32, hidden_dim=32, h_max=2, w_max=2),
                    memory_kwargs=dict(capacity=128, top_n=8, lr=1e-3), regions_per_image=2),
     # Paper, 4.2: ResNet-10 on ImageNet-LT, top-n 50, capacity 50,000, gamma 0.99, Adam lr 1e-5.

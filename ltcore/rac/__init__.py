@@ -8,7 +8,8 @@
 * :mod:`ltcore.rac.index` -- the HNSW / exact vector index over the training set;
 * :mod:`ltcore.rac.classifier` -- the model with the shared trainer's hooks, and T's centred head;
 * :mod:`ltcore.rac.train` -- the training recipe (Table 3's rows);
-* :mod:`ltcore.rac.retrieval_eval` -- retrieval accuracy (Table 4).
+* :mod:`ltcore.rac.retrieval_eval` -- retrieval accuracy (Table 4);
+* :mod:`ltcore.rac.claims` -- the methods of RAC's claims on one paired run (notebook 08; :mod:`ltcore.claims`).
 """
 from ltcore.rac.model import fuse_logits
 

@@ -1,4 +1,4 @@
-"""Tests for ltcore.claims_rac: RAC's claim methods on synthetic pooled features of the design's shapes."""
+"""Tests for ltcore.rac.claims: RAC's claim methods on synthetic pooled features of the design's shapes."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ltcore.claims import CLAIMS, METHODS
-from ltcore.claims_rac import (
+from ltcore.rac.claims import (
     RAC_CLAIM_METHODS,
     RACClaimsRecipe,
     build_retrieval_tables,

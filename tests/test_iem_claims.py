@@ -1,4 +1,4 @@
-"""Tests of ltcore.claims_iem: the six methods of the IEM claims (Zhu & Yang, CVPR 2020, Tables 4a and 5, and our
+"""Tests of ltcore.iem.claims: the six methods of the IEM claims (Zhu & Yang, CVPR 2020, Tables 4a and 5, and our
 uniform-attention control) trained on one paired run, on synthetic feature maps and images of the design's shapes."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ltcore.claims import METHODS
-from ltcore.claims_iem import (IEM_CLAIM_METHODS, MEMORY_VARIANTS, RECIPES, FeatureMapDataset, IEMClaimsRecipe,
+from ltcore.iem.claims import (IEM_CLAIM_METHODS, MEMORY_VARIANTS, RECIPES, FeatureMapDataset, IEMClaimsRecipe,
                                build_claims_splits, compare_memory_variants, principal_channels, project_channels,
                                run_iem_claims_methods)
 from ltcore.data.longtail import permuted_longtail_split
