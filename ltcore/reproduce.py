@@ -28,6 +28,7 @@ the machine's core count (the notebook tests set the same).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -89,10 +90,12 @@ def results_read(notebook: Path) -> set[str]:
 
 
 def recorded_seconds(notebook: Path) -> float:
-    """How long ``notebook`` took when it was last executed (papermill's metadata; 0 when it never was)."""
+    """How long ``notebook`` took when it was last executed (papermill's metadata). A notebook never executed
+    has an unknown cost: infinity, so that it starts first (a new notebook is as likely as any to be the longest,
+    and its errors show early)."""
     metadata = json.loads(notebook.read_text(encoding="utf-8")).get("metadata", {})
     duration = metadata.get("papermill", {}).get("duration")
-    return float(duration) if isinstance(duration, (int, float)) and duration >= 0 else 0.0
+    return float(duration) if isinstance(duration, (int, float)) and duration >= 0 else math.inf
 
 
 def start_order(runs: list) -> list:

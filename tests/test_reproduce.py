@@ -137,15 +137,15 @@ def test_the_longest_notebook_starts_first_but_never_before_what_it_reads(tmp_pa
     for name, seconds in (("01_write", 10.0), ("02_short", 5.0), ("03_reads_01", 500.0), ("04_long", 100.0)):
         _with_duration(tmp_path / f"{name}.ipynb", seconds)
     assert rep.recorded_seconds(tmp_path / "03_reads_01.ipynb") == 500.0
-    assert rep.recorded_seconds(tmp_path / "05_never_run.ipynb") == 0.0
+    assert rep.recorded_seconds(tmp_path / "05_never_run.ipynb") == float("inf")  # unknown: started first
     runs = [(nb, tmp_path / "out" / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))]
-    assert [run[0].stem[:2] for run in rep.start_order(runs)] == ["04", "01", "03", "02", "05"]
+    assert [run[0].stem[:2] for run in rep.start_order(runs)] == ["05", "04", "01", "03", "02"]
 
     started = []
     monkeypatch.setattr(rep, "run_notebook",
                         lambda notebook, output, parameters: started.append(notebook.stem[:2]) or 1.0)
     summary = rep.run_plans(rep.RunPlan("quick", tmp_path / "out", False, runs), jobs=1)
-    assert started == ["04", "01", "03", "02", "05"]
+    assert started == ["05", "04", "01", "03", "02"]
     assert [row["notebook"] for row in summary] == [nb.name for nb, _, _ in runs]  # summary in teaching order
 
 
