@@ -57,7 +57,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ltcore import paths
 from ltcore.checks import check_choice, check_int

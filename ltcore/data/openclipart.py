@@ -78,7 +78,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ltcore import paths
 from ltcore.checks import check_int

@@ -54,7 +54,7 @@ from typing import Iterator
 
 import faiss
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ltcore.checks import check_choice, check_int
 from ltcore.config import progress_disabled

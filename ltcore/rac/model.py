@@ -56,7 +56,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ltcore.checks import check_choice, check_float, check_int
 from ltcore.config import progress_disabled
