@@ -373,17 +373,7 @@ def write_claims(records: Iterable[Mapping[str, Any]], results_dir: str | os.Pat
     may pass smaller ones, the committed results may not). Both files are written atomically. Returns the
     JSON path.
     """
-    minimum = {setting: check_int(f"min_runs[{setting!r}]", min_runs.get(setting), low=2) for setting in SETTINGS}
-    canonical, seen = [], set()
-    for position, record in enumerate(records):
-        checked = _check_record(position, record)
-        if checked["id"] in seen:
-            raise ValueError(f"claim {checked['id']} appears more than once in the records")
-        seen.add(checked["id"])
-        if checked["n"] < minimum[checked["setting"]]:
-            raise ValueError(f"claim {checked['id']} ran {checked['n']} paired runs, fewer than the "
-                             f"{minimum[checked['setting']]} its setting {checked['setting']!r} requires")
-        canonical.append(checked)
+    canonical = _checked_records(records, min_runs)
     folder = Path(results_dir)
     json_text = json.dumps({"claims": canonical}, indent=1, allow_nan=False) + "\n"
     csv_text = _csv_text(canonical)
@@ -401,18 +391,10 @@ def read_claims(results_dir: str | os.PathLike, min_runs: Mapping[str, int] = MI
     data = read_json(path, "claims file", "; notebook 08_claims writes it (make reproduce)")
     if not isinstance(data, dict) or set(data) != {"claims"} or not isinstance(data["claims"], list):
         raise ValueError(f'claims file {path} must hold an object {{"claims": [...]}}')
-    minimum = {setting: check_int(f"min_runs[{setting!r}]", min_runs.get(setting), low=2) for setting in SETTINGS}
-    records = []
-    for position, record in enumerate(data["claims"]):
-        try:
-            checked = _check_record(position, record)
-        except ValueError as exc:
-            raise ValueError(f"claims file {path}: {exc}") from None
-        if checked["n"] < minimum[checked["setting"]]:
-            raise ValueError(f"claims file {path}: claim {checked['id']} ran {checked['n']} paired runs, fewer "
-                             f"than {minimum[checked['setting']]}")
-        records.append(checked)
-    return records
+    try:
+        return _checked_records(data["claims"], min_runs)
+    except ValueError as exc:
+        raise ValueError(f"claims file {path}: {exc}") from None
 
 
 _SIDES = {"greater": ">", "less": "<", "equivalent": "≈"}
@@ -492,6 +474,23 @@ def _check_runs(claim_id: str, runs: Sequence[Mapping[str, int]]) -> list[dict]:
         raise ValueError(f"claim {claim_id}: runs must be distinct (a repeated run counts the same evidence "
                          f"twice), got (seed, permutation) {repeated} more than once")
     return checked
+
+
+def _checked_records(records: Iterable[Mapping[str, Any]], min_runs: Mapping[str, int]) -> list[dict]:
+    """Every record as :func:`_check_record` re-derives it; a duplicated id or fewer runs than ``min_runs`` of
+    its setting is an error."""
+    minimum = {setting: check_int(f"min_runs[{setting!r}]", min_runs.get(setting), low=2) for setting in SETTINGS}
+    canonical, seen = [], set()
+    for position, record in enumerate(records):
+        checked = _check_record(position, record)
+        if checked["id"] in seen:
+            raise ValueError(f"claim {checked['id']} appears more than once in the records")
+        seen.add(checked["id"])
+        if checked["n"] < minimum[checked["setting"]]:
+            raise ValueError(f"claim {checked['id']} ran {checked['n']} paired runs, fewer than the "
+                             f"{minimum[checked['setting']]} its setting {checked['setting']!r} requires")
+        canonical.append(checked)
+    return canonical
 
 
 def _check_record(position: int, record: Mapping[str, Any]) -> dict:

@@ -105,12 +105,14 @@ def start_order(runs: list) -> list:
     cannot deadlock the workers."""
     pending, ordered = list(runs), []
     prefixes = {notebook.stem[:2] for notebook, _, _ in runs}
+    waits_for = {notebook: results_read(notebook) & prefixes for notebook, _, _ in runs}
+    seconds = {notebook: recorded_seconds(notebook) for notebook, _, _ in runs}
     started: set[str] = set()
     while pending:
-        ready = [run for run in pending if (results_read(run[0]) & prefixes) <= started]
+        ready = [run for run in pending if waits_for[run[0]] <= started]
         if not ready:
             raise ValueError(f"notebooks wait for each other in a cycle: {[run[0].name for run in pending]}")
-        chosen = max(ready, key=lambda run: recorded_seconds(run[0]))  # max keeps the first of equals
+        chosen = max(ready, key=lambda run: seconds[run[0]])  # max keeps the first of equals
         pending.remove(chosen)
         ordered.append(chosen)
         started.add(chosen[0].stem[:2])

@@ -440,7 +440,7 @@ def test_read_claims_refuses_an_edited_verdict_and_too_few_runs(tmp_path):
     with pytest.raises(ValueError, match=r"claims\.json: records\[0\] \(IEM-overall\): \['verdict'\] do not follow"):
         claims_module.read_claims(tmp_path)
     write_claims([record_for("IEM-overall", n=4, shift=5.0)], tmp_path, {"frozen-features": 4, "e2e": 2})
-    with pytest.raises(ValueError, match=r"IEM-overall ran 4 paired runs, fewer than 15"):
+    with pytest.raises(ValueError, match=r"IEM-overall ran 4 paired runs, fewer than the 15"):
         claims_module.read_claims(tmp_path)
     assert len(claims_module.read_claims(tmp_path, {"frozen-features": 4, "e2e": 2})) == 1
 
