@@ -3,6 +3,8 @@
 - ``reproduce --profile quick|full [--inplace] [--only 01 03] [-p NAME VALUE]``: run the notebooks headless.
 - ``bench memory|index|rac [args]``: the speed benchmarks (ratios measured in one run).
 - ``data fetch NAME`` / ``data list``: install or locate a dataset.
+- ``data make-fixture FORMAT DIR [--classes C] [--max-per-class N] [--seed S]``: write a small long-tailed dataset in
+  a real dataset's on-disk format (``ltcore.data.fixtures``).
 - ``readme``: rewrite the README's results tables from ``results/*.json``.
 
 A mistake on the command line (an unknown profile, notebook or parameter, ``--jobs 0``) prints one
@@ -67,8 +69,16 @@ def build_parser() -> OneLineParser:
     bench.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("readme", help="rewrite the README's results tables from results/*.json")
     data = sub.add_parser("data", help="datasets")
-    data.add_argument("action", choices=["fetch", "list"])
-    data.add_argument("name", nargs="?", default="fashion_mnist")
+    data_actions = data.add_subparsers(dest="action", required=True)
+    data_actions.add_parser("fetch").add_argument("name", nargs="?", default="fashion_mnist")
+    data_actions.add_parser("list")
+    fixture = data_actions.add_parser("make-fixture", help="write a small long-tailed dataset in a real format")
+    fixture.add_argument("format", metavar="FORMAT",
+                         help="imagenet_lt, places_lt, sun_lt, inat2018, cifar10 or cifar100")
+    fixture.add_argument("dir", metavar="DIR", help="a new or empty folder")
+    fixture.add_argument("--classes", type=int, default=None, help="default 12; CIFAR: 10 or 100")
+    fixture.add_argument("--max-per-class", type=int, default=20, help="training images of the head class")
+    fixture.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -98,6 +108,15 @@ def main(argv=None) -> int:
         if args.action == "list":
             for entry in DATASETS.values():
                 print(f"{entry.name:18s} {entry.description}\n{'':18s} get: {entry.how_to_get}")
+        elif args.action == "make-fixture":
+            from ltcore.data.fixtures import describe_fixture, make_fixture
+
+            try:
+                root = make_fixture(args.format, args.dir, args.classes, args.max_per_class, args.seed)
+            except (ValueError, OSError) as exc:
+                parser.error(str(exc))
+            print(f"wrote the {args.format} fixture (seed {args.seed}) to {root}")
+            print(describe_fixture(args.format, root, args.classes, args.max_per_class))
         elif args.name in ("fashion_mnist", "fashion_mnist_lt"):
             from ltcore.data.fashion_mnist import fetch_fashion_mnist
 

@@ -37,8 +37,8 @@ from ltcore.io import atomic_write, read_json
 from ltcore.stats import paired_ci
 
 __all__ = ["CLAIMS", "METHODS", "METRICS", "MIN_RUNS", "Claim", "ControlCheck", "check_negative_control",
-           "claim_records", "claims_table", "evaluate_claim", "metric_value", "read_claims", "verdict",
-           "verdict_sentence", "write_claims"]
+           "claim_records", "claims_table", "evaluate_claim", "metric_value", "quote_claims", "read_claims",
+           "verdict", "verdict_sentence", "write_claims"]
 
 PAPERS = ("IEM", "RAC", "control")
 DIRECTIONS = ("greater", "less", "equivalent")
@@ -421,6 +421,31 @@ def claims_table(records: Iterable[Mapping[str, Any]]) -> list[dict]:
     verdict."""
     return [{"claim": record["id"], "setting": record["setting"], "source": record["source"],
              "finding": verdict_sentence(record), "verdict": f"**{record['verdict']}**"} for record in records]
+
+
+def quote_claims(claim_ids: Sequence[str], results_dir: str | os.PathLike | None = None) -> str:
+    """The verdicts of ``claim_ids`` as a Markdown list, one sentence each (:func:`verdict_sentence`), read from
+    ``results_dir/claims.json`` (default: the committed record, ``results/`` at the repository's root).
+
+    Notebooks 01-07 quote their claims with it in *What we see*, so that their conclusions rest on notebook 08's
+    paired runs and not on their own single run. Every id of an ``-e2e`` twin present in the file is quoted
+    after its claim. An id that is not registered (:data:`CLAIMS`), or has no record in the file, is an error
+    naming it and the file.
+    """
+    from ltcore.paths import REPO_ROOT
+
+    folder = Path(results_dir) if results_dir is not None else REPO_ROOT / "results"
+    records = {record["id"]: record for record in read_claims(folder)}
+    quoted: list[str] = []
+    for claim_id in claim_ids:
+        check_choice("claim id", claim_id, CLAIMS)
+        if claim_id not in records:
+            raise KeyError(f"claims file {folder / 'claims.json'} has no record for {claim_id!r}; notebook "
+                           f"08_claims writes every registered claim (make notebooks)")
+        twin = claim_id + _E2E_SUFFIX
+        quoted += [claim_id] + ([twin] if twin in records and twin not in claim_ids else [])
+    return "\n".join(f"* **{records[i]['id']}** ({records[i]['setting']}, {records[i]['source']}): "
+                     f"{verdict_sentence(records[i])}" for i in dict.fromkeys(quoted))
 
 
 class ControlCheck(NamedTuple):

@@ -46,7 +46,8 @@ def check_write_target(path: str | os.PathLike) -> Path:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path`` atomically.
 
-    Refuses a ``path`` that exists and is not a regular file; an ``OSError`` names ``path``.
+    The file gets the permissions any new file gets (0o666 less the umask), not the owner-only ones of the
+    temporary file. Refuses a ``path`` that exists and is not a regular file; an ``OSError`` names ``path``.
     """
     path = check_write_target(path)
     try:
@@ -55,6 +56,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         raise _naming(exc, path) from exc
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
@@ -63,6 +65,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -15,8 +15,10 @@ notebook compares its trained results with the committed ``results/``
 executed notebooks back into ``notebooks/`` and their figures and results into
 ``figures/`` and ``results/`` (the committed course material and record).
 
-A notebook that reads another's results (``load_results("01_baselines", ...)`` in its source) starts only
-once that notebook has finished, so that with ``--inplace`` it never reads a record being rewritten.
+Notebooks read each other's results from the record (``load_results("01_baselines", folder=REPO_ROOT /
+"results")``, ``quote_claims``). With ``--inplace``, which rewrites the record, a notebook that reads another's
+results starts only once that notebook has finished, so that it never reads a record being rewritten; a run
+into ``runs/`` leaves the record as committed, and nothing waits.
 Otherwise the notebook that took longest last time (papermill's recorded duration in the committed
 notebook) starts first (:func:`start_order`): with two workers the longest one, the claims notebook,
 then runs beside all the others instead of after them.
@@ -39,9 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ltcore.paths import REPO_ROOT, results_dir
+from ltcore.paths import REPO_ROOT, output_dir, results_dir
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+CLAIMS_NOTEBOOK = "08_claims"  # writes results/claims.json (ltcore.claims.write_claims)
 KERNEL_THREADS = "1"  # threads per notebook kernel, see the module docstring
 # glibc returns freed activation buffers to the OS and page-faults them back on every batch; keeping them
 # mapped made CPU encoding ~1.7x faster (8.2 s -> 4.9 s for 1,024 images at 96 px, notebook 04).
@@ -83,10 +86,15 @@ def notebooks(only: Optional[list[str]] = None) -> list[Path]:
 
 
 def results_read(notebook: Path) -> set[str]:
-    """Prefixes (``"01"``) of the notebooks whose results ``notebook``'s code cells load."""
+    """Prefixes (``"01"``) of the notebooks whose results ``notebook``'s code cells load: ``load_results("01_...")``
+    reads notebook 01's, and ``read_claims`` or ``quote_claims`` reads ``results/claims.json``, which
+    :data:`CLAIMS_NOTEBOOK` writes."""
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     code = "".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
-    return set(re.findall(r"load_results\(\s*[\"'](\d\d)_", code)) - {notebook.stem[:2]}
+    read = set(re.findall(r"load_results\(\s*[\"'](\d\d)_", code))
+    if re.search(r"\b(read_claims|quote_claims)\(", code):
+        read.add(CLAIMS_NOTEBOOK[:2])
+    return read - {notebook.stem[:2]}
 
 
 def recorded_seconds(notebook: Path) -> float:
@@ -98,13 +106,14 @@ def recorded_seconds(notebook: Path) -> float:
     return float(duration) if isinstance(duration, (int, float)) and duration >= 0 else math.inf
 
 
-def start_order(runs: list) -> list:
+def start_order(runs: list, wait: bool = True) -> list:
     """``runs`` (:class:`RunPlan` entries) in the order to start them: each time, of the runs whose results
     dependencies (:func:`results_read`) have already been started, the one with the longest recorded duration,
     teaching order breaking ties. A run is thus never started before a notebook it waits for, so waiting
-    cannot deadlock the workers."""
+    cannot deadlock the workers. With ``wait=False`` (nothing waits, see :func:`run_plans`) the dependencies
+    are ignored: longest first."""
     pending, ordered = list(runs), []
-    prefixes = {notebook.stem[:2] for notebook, _, _ in runs}
+    prefixes = {notebook.stem[:2] for notebook, _, _ in runs} if wait else set()
     waits_for = {notebook: results_read(notebook) & prefixes for notebook, _, _ in runs}
     seconds = {notebook: recorded_seconds(notebook) for notebook, _, _ in runs}
     started: set[str] = set()
@@ -215,7 +224,7 @@ def run_plans(plan: RunPlan, jobs: int = 2) -> list[dict]:
 
     def run_after_dependencies(notebook: Path, output: Path, parameters: dict) -> dict:
         # start_order starts a notebook's dependencies before it, so each is running or done.
-        for prefix in sorted(results_read(notebook) & set(finished)):
+        for prefix in sorted(results_read(notebook) & set(finished) if writes_record else ()):
             finished[prefix].wait()
         if failed:
             return {"notebook": notebook.name, "status": "not run", "seconds": None}
@@ -234,9 +243,13 @@ def run_plans(plan: RunPlan, jobs: int = 2) -> list[dict]:
     started = time.perf_counter()
     if redirect:
         os.environ["LTCORE_OUTPUT_DIR"] = str(plan.output_dir)
+    # Notebooks read other notebooks' results from the record (results/ at the repository's root). Only a run
+    # that rewrites the record (--inplace) must let a reader wait for its writer; any other run leaves the
+    # record untouched, so nothing waits.
+    writes_record = plan.inplace or output_dir().resolve() == REPO_ROOT.resolve()
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            by_name = {row["notebook"]: row for row in pool.map(run, start_order(plan.runs))}
+            by_name = {row["notebook"]: row for row in pool.map(run, start_order(plan.runs, writes_record))}
         summary = [by_name[notebook.name] for notebook, _, _ in plan.runs]  # teaching order
         print_summary(summary, time.perf_counter() - started)
     finally:

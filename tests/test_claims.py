@@ -466,3 +466,32 @@ def test_claims_table_has_one_row_per_record_with_its_sentence():
     assert [row["claim"] for row in rows] == ["IEM-overall", "IEM-few-e2e"]
     assert rows[1]["setting"] == "e2e" and rows[0]["verdict"] == f"**{records[0]['verdict']}**"
     assert rows[0]["finding"] == claims_module.verdict_sentence(records[0])
+
+
+def test_quote_claims_lists_each_verdict_with_its_e2e_twin_read_from_the_file(tmp_path):
+    records = [record_for("IEM-overall", shift=5.0), record_for("IEM-overall-e2e", shift=-5.0),
+               record_for("RAC-k", shift=3.0)]
+    write_claims(records, tmp_path)
+    lines = claims_module.quote_claims(["RAC-k", "IEM-overall"], tmp_path).split("\n")
+    assert [line.split("**")[1] for line in lines] == ["RAC-k", "IEM-overall", "IEM-overall-e2e"]
+    assert lines[0].startswith("* **RAC-k** (frozen-features, ")
+    assert lines[0].endswith(claims_module.verdict_sentence(records[2]))
+    assert lines[2].endswith("contradicted, the interval lies entirely on the other side of the paper's claim.")
+    # asking for the twin too quotes it once, where it was asked
+    twice = claims_module.quote_claims(["IEM-overall-e2e", "IEM-overall"], tmp_path).split("\n")
+    assert [line.split("**")[1] for line in twice] == ["IEM-overall-e2e", "IEM-overall"]
+
+
+def test_quote_claims_refuses_an_unknown_id_or_a_claim_without_a_record(tmp_path):
+    write_claims([record_for("RAC-k")], tmp_path)
+    with pytest.raises(ValueError, match="claim id must be one of"):
+        claims_module.quote_claims(["RAC-nope"], tmp_path)
+    with pytest.raises(KeyError, match=r"claims.json has no record for 'IEM-few'"):
+        claims_module.quote_claims(["IEM-few"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="claims"):
+        claims_module.quote_claims(["RAC-k"], tmp_path / "missing")
+
+
+def test_quote_claims_reads_the_committed_record_by_default():
+    text = claims_module.quote_claims(["control-same-loss"])
+    assert text.startswith("* **control-same-loss** (frozen-features, ") and text.endswith("reproduced.")

@@ -1,6 +1,7 @@
 """Atomic writes that never replace what is not a regular file, and loads that never run code."""
 import errno
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -144,3 +145,14 @@ def test_loading_onto_a_missing_gpu_is_a_device_error_not_a_bad_file(tmp_path):
         safe_load(tmp_path / "fine.pt", "memory", map_location="cuda")
     with pytest.raises(ValueError, match="'gpu' is not a device"):
         safe_load(tmp_path / "fine.pt", "memory", map_location="gpu")
+
+
+def test_atomic_write_gives_the_permissions_of_any_new_file(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "shared.txt", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644   # readable by others, as open() would make it

@@ -115,11 +115,24 @@ def test_a_notebook_reading_another_ones_results_starts_after_it_finished(tmp_pa
         return 0.0
 
     monkeypatch.setattr(rep, "run_notebook", fake_run)
-    plan = rep.RunPlan("quick", tmp_path / "out", False,
-                       [(nb, tmp_path / "out" / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))])
-    rep.run_plans(plan, jobs=2)
+    runs = [(nb, tmp_path / "out" / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))]
+    rep.run_plans(rep.RunPlan("quick", tmp_path / "out", True, runs), jobs=2)  # --inplace: rewrites the record
     when = {(kind, prefix): at for kind, prefix, at in events}
     assert when[("start", "03")] >= when[("end", "01")]   # without the wait, 03 starts when 02 ends (~0.01 s)
+
+    events.clear()   # a run into runs/ leaves the record alone: 03 reads it at once, beside 01
+    rep.run_plans(rep.RunPlan("quick", tmp_path / "out", False, runs), jobs=2)
+    when = {(kind, prefix): at for kind, prefix, at in events}
+    assert when[("start", "03")] < when[("end", "01")]
+
+
+def test_a_notebook_quoting_the_claims_waits_for_the_claims_notebook(tmp_path):
+    write_notebook(tmp_path / "03_quotes.ipynb", ["display(Markdown(quote_claims(['RSA-attention'])))"])
+    write_notebook(tmp_path / "05_reads.ipynb", ["records = read_claims(RESULTS)"])
+    write_notebook(tmp_path / "06_mentions.ipynb", ["# quote_claims is not called here"])
+    assert rep.results_read(tmp_path / "03_quotes.ipynb") == {rep.CLAIMS_NOTEBOOK[:2]}
+    assert rep.results_read(tmp_path / "05_reads.ipynb") == {rep.CLAIMS_NOTEBOOK[:2]}
+    assert rep.results_read(tmp_path / "06_mentions.ipynb") == set()
 
 
 def _with_duration(path, seconds):
@@ -144,8 +157,9 @@ def test_the_longest_notebook_starts_first_but_never_before_what_it_reads(tmp_pa
     started = []
     monkeypatch.setattr(rep, "run_notebook",
                         lambda notebook, output, parameters: started.append(notebook.stem[:2]) or 1.0)
-    summary = rep.run_plans(rep.RunPlan("quick", tmp_path / "out", False, runs), jobs=1)
+    summary = rep.run_plans(rep.RunPlan("quick", tmp_path / "out", True, runs), jobs=1)
     assert started == ["05", "04", "01", "03", "02"]
+    assert [run[0].stem[:2] for run in rep.start_order(runs, wait=False)] == ["05", "03", "04", "01", "02"]
     assert [row["notebook"] for row in summary] == [nb.name for nb, _, _ in runs]  # summary in teaching order
 
 
