@@ -6,6 +6,8 @@
 - ``data make-fixture FORMAT DIR [--classes C] [--max-per-class N] [--seed S]``: write a small long-tailed dataset in
   a real dataset's on-disk format (``ltcore.data.fixtures``).
 - ``readme``: rewrite the README's results tables from ``results/*.json``.
+- ``plan --config NAME_OR_FILE [--gpus G] [--device-memory 80GB] [--set key=value ...]``: what a run of a
+  config needs (``ltcore.plan``); exit status 0 if it fits, 1 if not.
 
 A mistake on the command line (an unknown profile, notebook or parameter, ``--jobs 0``) prints one
 line naming it and exits with status 2, before anything runs.
@@ -79,7 +81,27 @@ def build_parser() -> OneLineParser:
     fixture.add_argument("--classes", type=int, default=None, help="default 12; CIFAR: 10 or 100")
     fixture.add_argument("--max-per-class", type=int, default=20, help="training images of the head class")
     fixture.add_argument("--seed", type=int, default=0)
+    plan = sub.add_parser("plan", help="what a run of a config needs, and whether it fits (exit 0: fits, 1: does not)",
+                          description="Print what a run of a config needs (parameters, activations, IEM memories, "
+                                      "index, checkpoint) and whether each device holds its share. Exit status: "
+                                      "0 if it fits, 1 if it does not, 2 for a bad config or option.")
+    plan.add_argument("--config", required=True, metavar="NAME_OR_FILE",
+                      help="a named config (ltcore/configs) or a TOML file")
+    plan.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel devices (default 1)")
+    plan.add_argument("--device-memory", type=_size, default=None, metavar="SIZE",
+                      help="memory of one device, e.g. 80GB, 24GiB, 512MB (default: this machine's)")
+    plan.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
+                      help="override config keys, e.g. optimizer.lr=0.01 iem.capacity=64")
     return parser
+
+
+def _size(text: str) -> int:
+    from ltcore.plan import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv=None) -> int:
@@ -98,6 +120,16 @@ def main(argv=None) -> int:
         run_plans(plan, args.jobs)
     elif args.command == "bench":
         importlib.import_module(f"ltcore.benchmarks.{args.name}").main(args.args)
+    elif args.command == "plan":
+        from ltcore.plan import plan_run
+        from ltcore.runconfig import load_config
+
+        try:
+            plan = plan_run(load_config(args.config, args.overrides), args.gpus, args.device_memory)
+        except ValueError as exc:  # a ConfigError, or a setting the model itself refuses
+            parser.error(" ".join(str(exc).split()))
+        print(plan.format())
+        return 0 if plan.fits else 1
     elif args.command == "readme":
         from ltcore.readme import update_readme
 

@@ -19,9 +19,9 @@ Notebooks read each other's results from the record (``load_results("01_baseline
 "results")``, ``quote_claims``). With ``--inplace``, which rewrites the record, a notebook that reads another's
 results starts only once that notebook has finished, so that it never reads a record being rewritten; a run
 into ``runs/`` leaves the record as committed, and nothing waits.
-Otherwise the notebook that took longest last time (papermill's recorded duration in the committed
-notebook) starts first (:func:`start_order`): with two workers the longest one, the claims notebook,
-then runs beside all the others instead of after them.
+Whenever a worker is free, it starts the notebook that took longest last time (papermill's recorded duration in
+the committed notebook) among those whose dependencies have finished (:func:`next_run`): the longest one, the
+claims notebook, starts first, and the other worker meanwhile runs the notebooks that do not wait for it.
 Notebooks run ``--jobs`` at a time (default 2), each kernel single-threaded
 (``OMP_NUM_THREADS=1``): on a small CPU machine that is faster than one
 two-threaded kernel at a time, and it makes the recorded numbers independent of
@@ -34,9 +34,8 @@ import math
 import os
 import re
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -106,26 +105,35 @@ def recorded_seconds(notebook: Path) -> float:
     return float(duration) if isinstance(duration, (int, float)) and duration >= 0 else math.inf
 
 
-def start_order(runs: list, wait: bool = True) -> list:
-    """``runs`` (:class:`RunPlan` entries) in the order to start them: each time, of the runs whose results
-    dependencies (:func:`results_read`) have already been started, the one with the longest recorded duration,
-    teaching order breaking ties. A run is thus never started before a notebook it waits for, so waiting
-    cannot deadlock the workers. With ``wait=False`` (nothing waits, see :func:`run_plans`) the dependencies
-    are ignored: longest first."""
-    pending, ordered = list(runs), []
-    prefixes = {notebook.stem[:2] for notebook, _, _ in runs} if wait else set()
-    waits_for = {notebook: results_read(notebook) & prefixes for notebook, _, _ in runs}
-    seconds = {notebook: recorded_seconds(notebook) for notebook, _, _ in runs}
-    started: set[str] = set()
+def start_order(runs: list, follow_dependencies: bool = True) -> list:
+    """``runs`` (:class:`RunPlan` entries) in the order one worker would start them: each time, of the runs whose
+    results dependencies (:func:`results_read`) have finished, the one with the longest recorded duration, teaching
+    order breaking ties (:func:`next_run`). With ``follow_dependencies=False`` (nothing waits, see
+    :func:`run_plans`) the dependencies are ignored: longest first. Notebooks that wait for each other in a cycle are an error."""
+    pending, ordered, done = list(runs), [], set()
+    waits_for = dependencies(runs, follow_dependencies)
     while pending:
-        ready = [run for run in pending if waits_for[run[0]] <= started]
-        if not ready:
+        chosen = next_run(pending, waits_for, done)
+        if chosen is None:
             raise ValueError(f"notebooks wait for each other in a cycle: {[run[0].name for run in pending]}")
-        chosen = max(ready, key=lambda run: seconds[run[0]])  # max keeps the first of equals
         pending.remove(chosen)
         ordered.append(chosen)
-        started.add(chosen[0].stem[:2])
+        done.add(chosen[0].stem[:2])
     return ordered
+
+
+def dependencies(runs: list, follow: bool = True) -> dict:
+    """Each run's notebook -> the prefixes of the notebooks among ``runs`` whose results it reads (none if not
+    ``follow``)."""
+    prefixes = {notebook.stem[:2] for notebook, _, _ in runs} if follow else set()
+    return {notebook: results_read(notebook) & prefixes for notebook, _, _ in runs}
+
+
+def next_run(pending: list, waits_for: dict, done: set):
+    """Of the ``pending`` runs whose dependencies are all ``done``, the one that took longest last time
+    (:func:`recorded_seconds`; the first of equals, so teaching order breaks ties); None if none is ready."""
+    ready = [run for run in pending if waits_for[run[0]] <= done]
+    return max(ready, key=lambda run: recorded_seconds(run[0])) if ready else None
 
 
 def check_parameters(notebook: Path, parameters: dict) -> None:
@@ -196,8 +204,8 @@ def reproduce(profile: str = "quick", output_dir: Optional[Path] = None, only: O
               inplace: bool = False, extra: Optional[dict] = None, jobs: int = 2) -> list[dict]:
     """Run the notebooks under ``profile``; returns one summary row per notebook. Exits non-zero on failure.
 
-    Notebooks are started longest first (:func:`start_order`), ``jobs`` at a time; after a failure no new one
-    starts. The summary is in teaching order.
+    Whenever a worker is free it starts the longest notebook whose dependencies have finished (:func:`next_run`),
+    ``jobs`` at a time; after a failure no new one starts. The summary is in teaching order.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs!r}")
@@ -213,21 +221,8 @@ def run_plans(plan: RunPlan, jobs: int = 2) -> list[dict]:
     # notebook compares with it), for this call only: the kernels inherit the variable when they start.
     redirect = not plan.inplace and "LTCORE_OUTPUT_DIR" not in os.environ
     failed: list[str] = []
-    finished = {notebook.stem[:2]: threading.Event() for notebook, _, _ in plan.runs}
 
-    def run(planned) -> dict:
-        notebook, output, parameters = planned
-        try:
-            return run_after_dependencies(notebook, output, parameters)
-        finally:
-            finished[notebook.stem[:2]].set()
-
-    def run_after_dependencies(notebook: Path, output: Path, parameters: dict) -> dict:
-        # start_order starts a notebook's dependencies before it, so each is running or done.
-        for prefix in sorted(results_read(notebook) & set(finished) if writes_record else ()):
-            finished[prefix].wait()
-        if failed:
-            return {"notebook": notebook.name, "status": "not run", "seconds": None}
+    def run(notebook: Path, output: Path, parameters: dict) -> dict:
         print(f"[{plan.profile}] {notebook.name} ...", flush=True)
         try:
             seconds = run_notebook(notebook, output, parameters)
@@ -247,9 +242,28 @@ def run_plans(plan: RunPlan, jobs: int = 2) -> list[dict]:
     # that rewrites the record (--inplace) must let a reader wait for its writer; any other run leaves the
     # record untouched, so nothing waits.
     writes_record = plan.inplace or output_dir().resolve() == REPO_ROOT.resolve()
+    start_order(plan.runs, writes_record)  # a cycle is an error before anything runs
+    waits_for = dependencies(plan.runs, writes_record)
+    pending, running, done, by_name = list(plan.runs), {}, set(), {}
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            by_name = {row["notebook"]: row for row in pool.map(run, start_order(plan.runs, writes_record))}
+            while pending or running:
+                # A free worker takes the longest notebook whose dependencies have finished; none sits waiting.
+                while len(running) < jobs and not failed:
+                    chosen = next_run(pending, waits_for, done)
+                    if chosen is None:
+                        break
+                    pending.remove(chosen)
+                    running[pool.submit(run, *chosen)] = chosen
+                if not running:  # after a failure: what has not started, does not
+                    by_name.update({notebook.name: {"notebook": notebook.name, "status": "not run", "seconds": None}
+                                    for notebook, _, _ in pending})
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    notebook = running.pop(future)[0]
+                    by_name[notebook.name] = future.result()
+                    done.add(notebook.stem[:2])
         summary = [by_name[notebook.name] for notebook, _, _ in plan.runs]  # teaching order
         print_summary(summary, time.perf_counter() - started)
     finally:

@@ -159,8 +159,51 @@ def test_the_longest_notebook_starts_first_but_never_before_what_it_reads(tmp_pa
                         lambda notebook, output, parameters: started.append(notebook.stem[:2]) or 1.0)
     summary = rep.run_plans(rep.RunPlan("quick", tmp_path / "out", True, runs), jobs=1)
     assert started == ["05", "04", "01", "03", "02"]
-    assert [run[0].stem[:2] for run in rep.start_order(runs, wait=False)] == ["05", "03", "04", "01", "02"]
+    assert [run[0].stem[:2] for run in rep.start_order(runs, follow_dependencies=False)] == ["05", "03", "04", "01", "02"]
     assert [row["notebook"] for row in summary] == [nb.name for nb, _, _ in runs]  # summary in teaching order
+
+
+def test_a_free_worker_runs_what_is_ready_instead_of_waiting(tmp_path, monkeypatch):
+    import time
+
+    write_notebook(tmp_path / "01_write.ipynb", ["save_results(rows, '01_rows')"])
+    write_notebook(tmp_path / "02_reads_01.ipynb", ["rows = load_results('01_rows', folder=RESULTS)"])
+    write_notebook(tmp_path / "03_short.ipynb", ["print(VALUE)"])
+    for name, seconds in (("01_write", 100.0), ("02_reads_01", 50.0), ("03_short", 1.0)):
+        _with_duration(tmp_path / f"{name}.ipynb", seconds)
+    events = {}
+
+    def fake_run(notebook, output, parameters):
+        events[("start", notebook.stem[:2])] = time.perf_counter()
+        time.sleep(0.5 if notebook.stem.startswith("01") else 0.01)
+        events[("end", notebook.stem[:2])] = time.perf_counter()
+        return 0.0
+
+    monkeypatch.setattr(rep, "run_notebook", fake_run)
+    runs = [(nb, tmp_path / "out" / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))]
+    rep.run_plans(rep.RunPlan("quick", tmp_path / "out", True, runs), jobs=2)
+    # 02 is longer than 03 but waits for 01: the second worker runs 03 meanwhile, and 02 starts after 01
+    assert events[("end", "03")] < events[("end", "01")] <= events[("start", "02")]
+
+
+def test_after_a_failure_nothing_new_starts(tmp_path, monkeypatch):
+    from papermill.exceptions import PapermillExecutionError
+
+    for name in ("01_fails", "02_next", "03_last"):
+        write_notebook(tmp_path / f"{name}.ipynb", ["print(VALUE)"])
+    started = []
+
+    def fake_run(notebook, output, parameters):
+        started.append(notebook.stem[:2])
+        if notebook.stem.startswith("01"):
+            raise PapermillExecutionError(1, 1, "boom", "RuntimeError", "boom", [])
+        return 0.0
+
+    monkeypatch.setattr(rep, "run_notebook", fake_run)
+    runs = [(nb, tmp_path / "out" / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))]
+    with pytest.raises(SystemExit):
+        rep.run_plans(rep.RunPlan("quick", tmp_path / "out", True, runs), jobs=1)
+    assert started == ["01"]
 
 
 def test_notebooks_waiting_for_each_other_in_a_cycle_are_an_error(tmp_path):

@@ -48,6 +48,8 @@ Taught in notebook 05, *The retrieval module*, and notebook 07, *The text encode
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 import re
@@ -244,7 +246,7 @@ class MiniLMTextEncoder(TextEncoder):
         folder = Path(model_dir) if model_dir is not None else minilm_model_dir()
         if not folder.is_dir():
             raise FileNotFoundError(f"sentence-transformers model folder not found: {folder}")
-        with hf_offline():
+        with hf_offline(), _quiet_weight_loading():
             sentence_model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         dimension = getattr(sentence_model, "get_embedding_dimension", None)  # renamed in sentence-transformers 6
         dimension = dimension or sentence_model.get_sentence_embedding_dimension
@@ -339,3 +341,18 @@ def build_text_encoder(name: str, num_classes: int, **options) -> TextEncoder:
     name's defaults); ``train_transformer`` (default True) does not apply to the bag of words."""
     cls, defaults = TEXT_ENCODERS[check_choice("text encoder", name, TEXT_ENCODERS)]
     return cls(num_classes, **(defaults | options))
+
+
+@contextlib.contextmanager
+def _quiet_weight_loading():
+    """Without transformers' "Loading weights" progress bar (a bar per encoder built, in every notebook output
+    that builds one), restored afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
