@@ -6,6 +6,8 @@
 - ``data make-fixture FORMAT DIR [--classes C] [--max-per-class N] [--seed S]``: write a small long-tailed dataset in
   a real dataset's on-disk format (``ltcore.data.fixtures``).
 - ``readme``: rewrite the README's results tables from ``results/*.json``.
+- ``plan --config NAME`` / ``train --config NAME --output DIR [--max-steps N] [--resume] [--set K=V ...]``:
+  what a run needs; a resumable training run (``ltcore.plan``, ``ltcore.run``).
 - ``plan --config NAME_OR_FILE [--gpus G] [--device-memory 80GB] [--set key=value ...]``: what a run of a
   config needs (``ltcore.plan``); exit status 0 if it fits, 1 if not.
 
@@ -92,6 +94,18 @@ def build_parser() -> OneLineParser:
                       help="memory of one device, e.g. 80GB, 24GiB, 512MB (default: this machine's)")
     plan.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
                       help="override config keys, e.g. optimizer.lr=0.01 iem.capacity=64")
+    train = sub.add_parser("train", help="train a baseline or IEM from a config into a folder (resumable)",
+                           description="Train a run config into DIR: DIR/last.pt (checkpoints), DIR/metrics.jsonl, "
+                                       "DIR/results.json (ltcore.run). Exit status: 0 done, 1 does not fit or "
+                                       "failed, 2 bad config or option, 143 stopped by SIGTERM (checkpoint written).")
+    train.add_argument("--config", required=True, metavar="NAME_OR_FILE",
+                       help="a named config (ltcore/configs) or a TOML file")
+    train.add_argument("--output", required=True, metavar="DIR", help="the run's folder")
+    train.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                       help="stop after N optimizer steps in all (checkpoint written)")
+    train.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if it exists")
+    train.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override config keys, e.g. optimizer.lr=0.01 schedule.epochs=2")
     return parser
 
 
@@ -102,6 +116,40 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _train(parser: OneLineParser, args) -> int:
+    """The train command: the planner's check first (nothing allocated for a run that cannot fit), then
+    :func:`ltcore.run.train_run`."""
+    from ltcore.plan import plan_run
+    from ltcore.run import Terminated, check_trainable, train_run
+    from ltcore.runconfig import load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+        check_trainable(config)
+        plan = plan_run(config)
+    except ValueError as exc:
+        parser.error(" ".join(str(exc).split()))
+    if not plan.fits:
+        print(plan.format(), file=sys.stderr)
+        print(f"{parser.prog} train: refused before allocating: the run does not fit (see the plan above)",
+              file=sys.stderr)
+        return 1
+    try:
+        record = train_run(config, args.output, max_steps=args.max_steps, resume=args.resume)
+    except Terminated as exc:
+        print(exc, file=sys.stderr)
+        return 143
+    except (FileExistsError, NotADirectoryError) as exc:
+        parser.error(str(exc))
+    except (ValueError, FloatingPointError) as exc:  # a foreign checkpoint, another config, a diverged loss
+        print(f"{parser.prog} train: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"{record['steps']} steps{'' if record['complete'] else ' (stopped early)'}: overall "
+          f"{record['overall']:.2f}%, many {record['many']}, medium {record['medium']}, few {record['few']}; "
+          f"{args.output}/results.json")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -130,6 +178,8 @@ def main(argv=None) -> int:
             parser.error(" ".join(str(exc).split()))
         print(plan.format())
         return 0 if plan.fits else 1
+    elif args.command == "train":
+        return _train(parser, args)
     elif args.command == "readme":
         from ltcore.readme import update_readme
 

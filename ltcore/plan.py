@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltcore.runconfig import TIMM_BACKBONES, ConfigError, RunConfig
+from ltcore.runconfig import TIMM_BACKBONES, ConfigError, RunConfig, iem_model_kwargs
 
 __all__ = ["PUBLISHED_PROFILES", "Plan", "class_counts", "index_bytes", "parse_size", "plan_run",
            "profile_counts"]
@@ -193,16 +193,10 @@ def build_model_for_plan(config: RunConfig, num_classes: int) -> nn.Module:
 
     backbone = build_backbone_for_plan(config)
     if config.family == "iem":
-        from ltcore.iem.model import ABLATIONS, IEMClassifier
+        from ltcore.iem.model import IEMClassifier
 
-        iem = config.iem
         with torch.device("meta"):
-            return IEMClassifier(
-                backbone, num_classes, **ABLATIONS[None if iem.ablation == "none" else iem.ablation][1],
-                memory_kwargs=dict(capacity=iem.capacity, top_n=iem.top_n, gamma=iem.gamma, delta=iem.delta,
-                                   lr=iem.memory_lr),
-                rsa_kwargs=dict(key_dim=iem.key_dim, h_max=iem.h_max, w_max=iem.w_max),
-                regions_per_image=iem.regions_per_image, warmup_epochs=iem.warmup_epochs).to("meta")
+            return IEMClassifier(backbone, num_classes, **iem_model_kwargs(config.iem)).to("meta")
     with torch.device("meta"):
         base = PlainClassifier(backbone, num_classes).to("meta")
     if config.family == "baseline":

@@ -45,7 +45,8 @@ import torch
 
 from ltcore.checks import check_choice, check_float, check_int
 
-__all__ = ["ConfigError", "RunConfig", "config_names", "load_config", "FAMILIES", "NORMS", "TIMM_BACKBONES"]
+__all__ = ["ConfigError", "RunConfig", "config_names", "iem_model_kwargs", "load_config", "FAMILIES", "NORMS",
+           "TIMM_BACKBONES"]
 
 FAMILIES = ("baseline", "iem", "rac")
 NORMS = ("batch", "group")
@@ -116,6 +117,18 @@ class IEMConfig:
     regions_per_image: int = 8
     warmup_epochs: int = 1
     ablation: str = "none"                         # "none" | "no_rsa" | "no_local" | "no_global" (Table 5)
+
+
+def iem_model_kwargs(iem: IEMConfig) -> dict:
+    """The keyword arguments of :class:`ltcore.iem.model.IEMClassifier` (after backbone and classes) for ``iem``:
+    Table 5's ablation switches, the memories' and RSA's settings."""
+    from ltcore.iem.model import ABLATIONS
+
+    return dict(**ABLATIONS[None if iem.ablation == "none" else iem.ablation][1],
+                memory_kwargs=dict(capacity=iem.capacity, top_n=iem.top_n, gamma=iem.gamma, delta=iem.delta,
+                                   lr=iem.memory_lr),
+                rsa_kwargs=dict(key_dim=iem.key_dim, h_max=iem.h_max, w_max=iem.w_max),
+                regions_per_image=iem.regions_per_image, warmup_epochs=iem.warmup_epochs)
 
 
 @dataclass(frozen=True)

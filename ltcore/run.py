@@ -1,0 +1,342 @@
+"""The train command: one training run of a baseline or IEM from a run config, resumable bit for bit (issue 13).
+
+``python -m ltcore train --config NAME_OR_FILE --output DIR [--max-steps N] [--resume] [--set key=value ...]``
+calls :func:`train_run`. The config (:mod:`ltcore.runconfig`) says the data, the model, the loss, the optimizer
+and its schedule; this module builds them, trains step by step, and writes into ``DIR``:
+
+* ``last.pt``, the newest checkpoint: a dict loadable with ``torch.load(..., weights_only=True)`` holding
+  ``model`` (the model's state dict: for IEM, the memories' slots, keys, values and Adam moments included),
+  ``optimizers`` (every optimizer's state), ``step`` (optimizer steps done), ``epoch`` and ``position`` (the
+  epoch in progress and how many of its batches are done: the sampler's position), ``rng`` (the torch, NumPy
+  and Python generators' states), ``config`` (the run config) and ``format``. It is written every
+  ``checkpoint_every`` steps, at the end of every epoch, at ``--max-steps``, and when the process receives
+  SIGTERM (then the run stops, exit status 143). A checkpoint is written to a temporary file and renamed, so
+  the previous one stays whole until the new one is.
+* ``metrics.jsonl``: one JSON object per line; ``{"step", "epoch", "loss", "lr"}`` every ``log_every`` steps
+  (the loss is the mean over the steps since the last line, accumulated on the device: the only
+  synchronisation is at these lines), and ``{"step", "epoch", "val_top1"}`` after each epoch's validation.
+  A resumed run first drops the lines of steps after its checkpoint (they are trained again).
+* ``results.json`` at the end: the shot-group accuracies on the test split (``ltcore.results.shot_row``), the
+  steps done and whether the schedule was complete.
+
+Resume. The data order of epoch ``e`` is a permutation drawn from a generator seeded with ``seed * 100_003 +
+e`` (as :func:`ltcore.train.fit`), so the checkpoint's ``position`` says which batches of it are left; every
+random generator is restored, so a run stopped at any step (``kill -9`` included) and resumed from its last
+checkpoint computes what the uninterrupted run computes: tested bitwise (``torch.equal``) on the final model,
+optimizer and memory states for a baseline and IEM. A resumed run must have the same config as the checkpoint
+(an error names the keys that differ); ``--max-steps`` may change.
+
+Not yet here (issue 13 stays open for them): the RAC family (its retrieval set-up, index identity in the
+checkpoint), DataLoader workers, bf16 autocast, ``channels_last`` and ``torch.compile`` switches, and the
+cosine schedule and AdamW of the RAC configs; a config that needs one is refused with an error naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ltcore.checks import check_int
+from ltcore.config import get_device, progress_disabled, seed_everything
+from ltcore.data.registry import build_dataset
+from ltcore.io import atomic_save, atomic_write, read_json, safe_load
+from ltcore.losses import build_loss
+from ltcore.metrics import shot_accuracy
+from ltcore.results import shot_row
+from ltcore.runconfig import ConfigError, RunConfig, iem_model_kwargs
+from ltcore.train import TrainConfig, check_finite_weights, default_optimizers, lr_at, optimization_step, predict
+
+__all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "Terminated", "build_model", "read_results",
+           "train_run"]
+
+RUN_FORMAT = "ltcore-run-v1"
+CHECKPOINT, METRICS, RESULTS = "last.pt", "metrics.jsonl", "results.json"
+TRAINABLE_FAMILIES = ("baseline", "iem")
+# Fault injection for the resume tests: "STEP:KILL" or "STEP:TERM" makes the process send itself that signal in
+# the middle of step STEP (1-based), after its batch is loaded and before any weight changes (KILL is `kill -9`).
+SIGNAL_AT_STEP_VARIABLE = "LTCORE_SIGNAL_AT_STEP"
+
+
+class Terminated(RuntimeError):
+    """The run received SIGTERM; its checkpoint was written (the message says where and at which step)."""
+
+
+def build_model(config: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
+    """The config's model, freshly initialised from the current torch seed: ``PlainClassifier`` (baseline) or
+    ``IEMClassifier`` (iem) over an ``ltcore.models`` backbone."""
+    from ltcore.models import PlainClassifier, build_backbone
+
+    backbone = build_backbone(config.model.backbone, in_chans)
+    if config.family == "iem":
+        from ltcore.iem.model import IEMClassifier
+
+        return IEMClassifier(backbone, num_classes, **iem_model_kwargs(config.iem))
+    return PlainClassifier(backbone, num_classes)
+
+
+def train_config(config: RunConfig, progress: bool = False) -> TrainConfig:
+    """The shared trainer's settings for ``config`` (the parts :func:`ltcore.train.lr_at` and the optimizers
+    read)."""
+    schedule, optimizer = config.schedule, config.optimizer
+    return TrainConfig(epochs=schedule.epochs, batch_size=schedule.batch_size, lr=optimizer.lr,
+                       momentum=optimizer.momentum, weight_decay=optimizer.weight_decay,
+                       lr_milestones=tuple(schedule.milestones), lr_gamma=schedule.lr_decay,
+                       warmup_epochs=schedule.warmup_epochs, seed=config.seed, device=config.device,
+                       progress=progress)
+
+
+def check_trainable(config: RunConfig) -> None:
+    """Refuse, naming the key, a config this command cannot train yet (module docstring, *Not yet here*)."""
+    where = config.source or "the config"
+    if config.family not in TRAINABLE_FAMILIES:
+        raise ConfigError(f"{where}: family {config.family!r}: the train command trains "
+                          f"{' and '.join(TRAINABLE_FAMILIES)} so far (RAC: notebook 07 and ltcore.rac.train)")
+    if config.schedule.lr_schedule != "step":
+        raise ConfigError(f"{where}: schedule.lr_schedule {config.schedule.lr_schedule!r}: the train command "
+                          f"has the step schedule only so far")
+    if config.optimizer.name != "sgd":
+        raise ConfigError(f"{where}: optimizer.name {config.optimizer.name!r}: the train command has SGD only "
+                          f"so far (IEM 4.2)")
+    if config.norm != "batch":
+        raise ConfigError(f"{where}: norm {config.norm!r}: GroupNorm comes with the multi-GPU issue; use "
+                          f"norm = 'batch'")
+
+
+def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Optional[int] = None,
+              resume: bool = False, log_every: int = 10, progress: bool = True) -> dict:
+    """Train ``config`` into the folder ``output`` (module docstring); returns the results record.
+
+    ``max_steps``: stop after this many optimizer steps in all (the schedule is still the config's, so a run
+    stopped there and resumed with a larger ``max_steps`` goes on as one run). ``resume``: continue from
+    ``output/last.pt`` if it exists (else start afresh); without it an ``output`` that already holds a run is an
+    error, never overwritten. Raises :class:`Terminated` after writing a checkpoint on SIGTERM, and
+    ``FloatingPointError`` naming the step on a non-finite loss (the last good checkpoint stays).
+    """
+    check_trainable(config)
+    log_every = check_int("log_every", log_every, 1)
+    max_steps = None if max_steps is None else check_int("max_steps", max_steps, 1)
+    output = Path(output)
+    checkpoint = output / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise FileExistsError(f"{output} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
+                              f"choose another --output folder")
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} exists and is not a folder")
+    output.mkdir(parents=True, exist_ok=True)
+
+    trainer = train_config(config, progress)
+    device = get_device(config.device)
+    generator = seed_everything(config.seed)
+    splits = build_dataset(config.data.name, **config.data.options)
+    model = build_model(config, splits.num_classes, splits.train[0][0].shape[0]).to(device)
+    optimizers = model.configure_optimizers(trainer) if hasattr(model, "configure_optimizers") \
+        else default_optimizers(model, trainer)
+    loss_fn = build_loss(config.loss.name, splits.class_counts, **config.loss.options)
+    state = {"step": 0, "epoch": 0, "position": 0}
+    if resume and checkpoint.exists():
+        state = _restore(checkpoint, config, model, optimizers)
+        _truncate_metrics(output / METRICS, state["step"])
+        print(f"resumed from {checkpoint}: step {state['step']}, epoch {state['epoch'] + 1}, "
+              f"{state['position']} batches of it done", flush=True)
+
+    started = time.perf_counter()
+    with _sigterm_sets_flag() as terminated:
+        complete = _train(model, optimizers, loss_fn, splits, trainer, config, output, state, generator, device,
+                          max_steps, log_every, terminated)
+    predictions = predict(model, splits.test, trainer.eval_batch_size, device, progress=progress)
+    shots = shot_accuracy(predictions["logits"].argmax(1), predictions["labels"], splits.class_counts)
+    record = {**shot_row(splits.name, config.name or config.family, shots, time.perf_counter() - started),
+              "steps": state["step"], "complete": complete}
+    atomic_write(output / RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return record
+
+
+def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: RunConfig, output: Path, state: dict,
+           generator: torch.Generator, device, max_steps, log_every: int, terminated) -> bool:
+    """The loop; ``state`` (step, epoch, position) is updated in place. True when the schedule is complete."""
+    signal_step, signal_name = _injected_signal()
+    checkpoint_every = config.checkpoint_every
+    for epoch in range(state["epoch"], trainer.epochs):
+        generator.manual_seed(config.seed * 100_003 + epoch)            # the epoch's data order
+        order = torch.randperm(len(splits.train), generator=generator)   # [N]
+        batches = [batch.tolist() for batch in order.split(trainer.batch_size)][state["position"]:]
+        if state["position"] == 0:  # a fresh epoch; a resumed one continues its restored generators
+            torch.manual_seed(config.seed * 100_003 + epoch)
+        for group in optimizers[0].param_groups:
+            group["lr"] = lr_at(epoch, trainer)
+        model.train()
+        loss_sum, logged = torch.zeros((), device=device), 0                # accumulated on the device
+        # Its own generator: a DataLoader otherwise draws a seed from the global one, which a resumed run
+        # would then draw twice in the epoch it resumes.
+        loader = DataLoader(splits.train, batch_sampler=batches, pin_memory=device.type == "cuda",
+                            generator=torch.Generator())
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False, mininterval=1.0,
+                   disable=progress_disabled(trainer.progress))
+        for images, labels, indices in bar:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if state["step"] + 1 == signal_step:
+                os.kill(os.getpid(), getattr(signal, f"SIG{signal_name}"))
+            loss = optimization_step(model, optimizers, images, labels, indices, loss_fn, epoch,
+                                     step=state["position"] + 1)
+            loss_sum += loss.detach()
+            logged += 1
+            state["step"] += 1
+            state["position"] += 1
+            if state["step"] % log_every == 0:
+                mean_loss = loss_sum.item() / logged
+                _log(output, {"step": state["step"], "epoch": epoch + 1, "loss": mean_loss,
+                              "lr": lr_at(epoch, trainer)})
+                bar.set_postfix(step=state["step"], loss=f"{mean_loss:.3f}", refresh=False)
+                loss_sum.zero_()
+                logged = 0
+            stop = max_steps is not None and state["step"] >= max_steps
+            if state["step"] % checkpoint_every == 0 or stop or terminated():
+                _save(output / CHECKPOINT, model, optimizers, state, epoch, config)
+            if terminated():
+                raise Terminated(f"SIGTERM: checkpoint {output / CHECKPOINT} written at step {state['step']}; "
+                                 f"continue with --resume")
+            if stop:
+                return state["step"] == _total_steps(splits, trainer)
+        check_finite_weights(model, f"after epoch {epoch + 1}")
+        if splits.val is not None:
+            val = predict(model, splits.val, trainer.eval_batch_size, device, progress=False)
+            _log(output, {"step": state["step"], "epoch": epoch + 1,
+                          "val_top1": float((val["logits"].argmax(1) == val["labels"]).mean())})
+        state["epoch"], state["position"] = epoch + 1, 0
+        _save(output / CHECKPOINT, model, optimizers, state, epoch + 1, config)
+    return True
+
+
+def _injected_signal() -> tuple[int, str]:
+    """(step, "KILL" or "TERM") from :data:`SIGNAL_AT_STEP_VARIABLE`, or (0, "") when it is not set."""
+    text = os.environ.get(SIGNAL_AT_STEP_VARIABLE, "")
+    if not text:
+        return 0, ""
+    step, _, name = text.partition(":")
+    if not step.isdigit() or name not in ("KILL", "TERM"):
+        raise ValueError(f"{SIGNAL_AT_STEP_VARIABLE} must be STEP:KILL or STEP:TERM, got {text!r}")
+    return int(step), name
+
+
+def _total_steps(splits, trainer: TrainConfig) -> int:
+    return trainer.epochs * math.ceil(len(splits.train) / trainer.batch_size)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _rng_state() -> dict:
+    """Every generator a step may draw from, as tensors and plain data (``weights_only`` loads them)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _config_record(config: RunConfig) -> dict:
+    return json.loads(json.dumps({key: value for key, value in dataclasses.asdict(config).items()
+                                  if key != "source"}))
+
+
+def _save(path: Path, model, optimizers, state: dict, epoch: int, config: RunConfig) -> None:
+    check_finite_weights(model, f"at step {state['step']}")
+    atomic_save({"format": RUN_FORMAT, "model": model.state_dict(),
+                 "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+                 "step": state["step"], "epoch": epoch, "position": state["position"], "rng": _rng_state(),
+                 "config": _config_record(config)}, path)
+
+
+def _restore(path: Path, config: RunConfig, model, optimizers) -> dict:
+    """Load ``path`` into the model, optimizers and generators; returns its step, epoch and position."""
+    saved = safe_load(path, "checkpoint")
+    missing = [key for key in ("format", "model", "optimizers", "step", "epoch", "position", "rng", "config")
+               if not isinstance(saved, dict) or key not in saved]
+    if missing or saved["format"] != RUN_FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of the train command (format {RUN_FORMAT}); missing "
+                         f"{missing or 'nothing, but the format differs'}")
+    ours = _config_record(config)
+    differing = sorted(key for key in set(ours) | set(saved["config"]) if ours.get(key) != saved["config"].get(key))
+    if differing:
+        raise ValueError(f"{path} was written by a run with another config (differs in: {', '.join(differing)}); "
+                         f"resume with the same config, or train into another --output folder")
+    try:
+        model.load_state_dict(saved["model"])
+        for optimizer, optimizer_state in zip(optimizers, saved["optimizers"], strict=True):
+            optimizer.load_state_dict(optimizer_state)
+        _set_rng_state(saved["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} does not fit this run's model and optimizers: {exc}") from None
+    return {"step": check_int("step", saved["step"], 0), "epoch": check_int("epoch", saved["epoch"], 0),
+            "position": check_int("position", saved["position"], 0)}
+
+
+# ------------------------------------------------------------------------------------------ the log
+def _log(output: Path, row: dict) -> None:
+    with open(output / METRICS, "a", encoding="utf-8") as log:
+        log.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines of steps after ``step`` (a resumed run trains them again); a line that is not JSON (the
+    last one, cut by a kill) is dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
+
+
+class _sigterm_sets_flag:
+    """Within the block, SIGTERM sets a flag (read by calling the object the block yields) instead of killing
+    the process, so that the loop can write its checkpoint first. Outside the main thread, nothing changes."""
+
+    def __enter__(self):
+        self.received = False
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            pass
+        return lambda: self.received
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def read_results(output: str | os.PathLike) -> Any:
+    """The results record a finished run wrote into ``output``."""
+    return read_json(Path(output) / RESULTS, "results record", "; the run has not finished")
