@@ -26,9 +26,17 @@ checkpoint computes what the uninterrupted run computes: tested bitwise (``torch
 optimizer and memory states for a baseline and IEM. A resumed run must have the same config as the checkpoint
 (an error names the keys that differ); ``--max-steps`` may change.
 
+The loop (``[loop]`` of the config): ``workers`` DataLoader processes, each single-threaded, with pinned memory
+and non-blocking copies on CUDA; every item's augmentation is seeded by (seed, epoch, index) (:class:`ItemSeeded`),
+so the batches are the same with any number of workers (tested) and a resumed run needs no worker state. The
+loss is accumulated on the device and read every ``log_every`` steps. ``autocast = "bf16"`` runs the steps under
+bfloat16 autocast on CUDA (ignored on a CPU, with a note); ``channels_last`` and ``compile``
+(:meth:`torch.nn.Module.compile`, which keeps the state-dict keys) are switches. A non-finite loss or gradient
+stops the run naming the epoch and step (:func:`ltcore.train.optimization_step`); the last good checkpoint stays.
+
 Not yet here (issue 13 stays open for them): the RAC family (its retrieval set-up, index identity in the
-checkpoint), DataLoader workers, bf16 autocast, ``channels_last`` and ``torch.compile`` switches, and the
-cosine schedule and AdamW of the RAC configs; a config that needs one is refused with an error naming it.
+checkpoint), and the cosine schedule and AdamW of the RAC configs; a config that needs one is refused with an
+error naming the key.
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ltcore.checks import check_int
@@ -58,8 +66,8 @@ from ltcore.results import shot_row
 from ltcore.runconfig import ConfigError, RunConfig, iem_model_kwargs
 from ltcore.train import TrainConfig, check_finite_weights, default_optimizers, lr_at, optimization_step, predict
 
-__all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "Terminated", "build_model", "read_results",
-           "train_run"]
+__all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "ItemSeeded", "Terminated", "build_model",
+           "epoch_loader", "read_results", "train_run"]
 
 RUN_FORMAT = "ltcore-run-v1"
 CHECKPOINT, METRICS, RESULTS = "last.pt", "metrics.jsonl", "results.json"
@@ -115,7 +123,7 @@ def check_trainable(config: RunConfig) -> None:
 
 
 def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Optional[int] = None,
-              resume: bool = False, log_every: int = 10, progress: bool = True) -> dict:
+              resume: bool = False, progress: bool = True) -> dict:
     """Train ``config`` into the folder ``output`` (module docstring); returns the results record.
 
     ``max_steps``: stop after this many optimizer steps in all (the schedule is still the config's, so a run
@@ -125,7 +133,6 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
     ``FloatingPointError`` naming the step on a non-finite loss (the last good checkpoint stays).
     """
     check_trainable(config)
-    log_every = check_int("log_every", log_every, 1)
     max_steps = None if max_steps is None else check_int("max_steps", max_steps, 1)
     output = Path(output)
     checkpoint = output / CHECKPOINT
@@ -141,6 +148,8 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
     generator = seed_everything(config.seed)
     splits = build_dataset(config.data.name, **config.data.options)
     model = build_model(config, splits.num_classes, splits.train[0][0].shape[0]).to(device)
+    if config.loop.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizers = model.configure_optimizers(trainer) if hasattr(model, "configure_optimizers") \
         else default_optimizers(model, trainer)
     loss_fn = build_loss(config.loss.name, splits.class_counts, **config.loss.options)
@@ -152,9 +161,13 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
               f"{state['position']} batches of it done", flush=True)
 
     started = time.perf_counter()
+    if config.loop.compile:
+        model.compile()  # in place: the state dict keeps its keys, so checkpoints do not depend on the switch
+    if config.loop.autocast != "off" and device.type != "cuda":
+        print(f"loop.autocast {config.loop.autocast!r} is for CUDA; training in float32 on {device}", flush=True)
     with _sigterm_sets_flag() as terminated:
         complete = _train(model, optimizers, loss_fn, splits, trainer, config, output, state, generator, device,
-                          max_steps, log_every, terminated)
+                          max_steps, terminated)
     predictions = predict(model, splits.test, trainer.eval_batch_size, device, progress=progress)
     shots = shot_accuracy(predictions["logits"].argmax(1), predictions["labels"], splits.class_counts)
     record = {**shot_row(splits.name, config.name or config.family, shots, time.perf_counter() - started),
@@ -164,10 +177,13 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
 
 
 def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: RunConfig, output: Path, state: dict,
-           generator: torch.Generator, device, max_steps, log_every: int, terminated) -> bool:
+           generator: torch.Generator, device, max_steps, terminated) -> bool:
     """The loop; ``state`` (step, epoch, position) is updated in place. True when the schedule is complete."""
     signal_step, signal_name = _injected_signal()
-    checkpoint_every = config.checkpoint_every
+    checkpoint_every, log_every = config.checkpoint_every, config.loop.log_every
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=config.loop.autocast == "bf16" and device.type == "cuda")
+    memory_format = torch.channels_last if config.loop.channels_last else torch.contiguous_format
     for epoch in range(state["epoch"], trainer.epochs):
         generator.manual_seed(config.seed * 100_003 + epoch)            # the epoch's data order
         order = torch.randperm(len(splits.train), generator=generator)   # [N]
@@ -178,19 +194,20 @@ def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: Run
             group["lr"] = lr_at(epoch, trainer)
         model.train()
         loss_sum, logged = torch.zeros((), device=device), 0                # accumulated on the device
-        # Its own generator: a DataLoader otherwise draws a seed from the global one, which a resumed run
-        # would then draw twice in the epoch it resumes.
-        loader = DataLoader(splits.train, batch_sampler=batches, pin_memory=device.type == "cuda",
-                            generator=torch.Generator())
+        loader = epoch_loader(splits.train, batches, config.seed, epoch, config.loop.workers,
+                              pin_memory=device.type == "cuda")
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False, mininterval=1.0,
                    disable=progress_disabled(trainer.progress))
         for images, labels, indices in bar:
             images = images.to(device, non_blocking=True)
+            if images.dim() == 4:
+                images = images.contiguous(memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             if state["step"] + 1 == signal_step:
                 os.kill(os.getpid(), getattr(signal, f"SIG{signal_name}"))
-            loss = optimization_step(model, optimizers, images, labels, indices, loss_fn, epoch,
-                                     step=state["position"] + 1)
+            with autocast:
+                loss = optimization_step(model, optimizers, images, labels, indices, loss_fn, epoch,
+                                         step=state["position"] + 1)
             loss_sum += loss.detach()
             logged += 1
             state["step"] += 1
@@ -218,6 +235,39 @@ def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: Run
         state["epoch"], state["position"] = epoch + 1, 0
         _save(output / CHECKPOINT, model, optimizers, state, epoch + 1, config)
     return True
+
+
+class ItemSeeded(Dataset):
+    """``dataset`` whose item ``i`` in epoch ``epoch`` draws its augmentation from torch's generator seeded with
+    ``(seed, epoch, i)``, inside :func:`torch.random.fork_rng` (the process's own stream is left as it was).
+    An item is then the same whichever process loads it, so batches do not depend on the number of workers."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + int(i))
+            return self.dataset[i]
+
+
+def epoch_loader(dataset: Dataset, batches: list, seed: int, epoch: int, workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """The DataLoader of one epoch: ``batches`` (lists of indices, in order) of :class:`ItemSeeded` items, loaded
+    by ``workers`` processes (0: this one), each single-threaded. The loader lives for one epoch, so its workers
+    are not kept across epochs (the items' seeds name the epoch). It has its own generator: a DataLoader
+    otherwise draws a seed from the global one, which a resumed run would then draw twice in its first epoch."""
+    workers = check_int("workers", workers, 0)
+    return DataLoader(ItemSeeded(dataset, seed, epoch), batch_sampler=batches, num_workers=workers,
+                      pin_memory=pin_memory, worker_init_fn=_single_threaded if workers else None,
+                      generator=torch.Generator())
+
+
+def _single_threaded(worker_id: int) -> None:
+    torch.set_num_threads(1)  # two workers on two cores: one thread each
 
 
 def _injected_signal() -> tuple[int, str]:

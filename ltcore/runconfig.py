@@ -19,6 +19,7 @@ Layout of a file (``[iem]`` only for family "iem", ``[rac]`` only for family "ra
     [loss]      name = "ce"; options = {...}                  (ltcore.losses.build_loss)
     [optimizer] name = "sgd"; lr; momentum; weight_decay
     [schedule]  epochs; batch_size; lr_schedule; milestones = [...]; lr_decay; warmup_epochs
+    [loop]      workers; autocast = "off" | "bf16"; channels_last; compile; log_every      (ltcore.run)
     [iem]       capacity; top_n; gamma; delta; memory_lr; key_dim; h_max; w_max; regions_per_image;
                 warmup_epochs; ablation
     [rac]       k; index; image_encoder; text_encoder; image_size; train_transformer; precompute;
@@ -147,6 +148,21 @@ class RACConfig:
     transformer_lr: float = 5e-5
 
 
+AUTOCAST = ("off", "bf16")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the train command's loop runs (ltcore.run); none of it changes what a CPU run computes."""
+
+    workers: int = 0              # DataLoader worker processes; every item's augmentation is seeded by its index,
+                                  # so the batches are the same with any number of workers
+    autocast: str = "off"         # "bf16": bfloat16 autocast on CUDA (ignored on a CPU)
+    channels_last: bool = False   # the model and its images in channels-last memory order
+    compile: bool = False         # torch.compile the model's forward (nn.Module.compile: state-dict keys unchanged)
+    log_every: int = 10           # steps between metrics.jsonl lines (the only loss synchronisations)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     family: str
@@ -160,6 +176,7 @@ class RunConfig:
     device: str = "auto"
     norm: str = "batch"
     checkpoint_every: int = 1000
+    loop: LoopConfig = field(default_factory=LoopConfig)
     iem: Optional[IEMConfig] = None
     rac: Optional[RACConfig] = None
     source: str = field(default="", compare=False)  # the file it came from (not a key of the file)
@@ -321,6 +338,9 @@ def _check_values(config: RunConfig, fail) -> None:
     checked("norm", check_choice, config.norm, NORMS)
     checked("seed", check_int, config.seed, 0, 2**32 - 1)
     checked("checkpoint_every", check_int, config.checkpoint_every, 1)
+    checked("loop.workers", check_int, config.loop.workers, 0)
+    checked("loop.autocast", check_choice, config.loop.autocast, AUTOCAST)
+    checked("loop.log_every", check_int, config.loop.log_every, 1)
     try:
         torch.device(config.device) if config.device != "auto" else None
     except (RuntimeError, TypeError):

@@ -121,3 +121,45 @@ def test_what_the_command_cannot_train_yet_is_refused_naming_the_key(tmp_path, o
     result = train("quick-rac", tmp_path / "out", "--set", *(overrides or ["seed=0"]))
     assert result.returncode == 2 and says in result.stderr
     assert not (tmp_path / "out").exists()   # refused before anything was written
+
+
+def test_batches_are_the_same_with_any_number_of_workers_and_leave_the_stream_alone():
+    import numpy as np
+
+    from ltcore.data.datasets import ArrayDataset, RandomCropFlip
+    from ltcore.run import epoch_loader
+
+    images = np.random.default_rng(0).integers(0, 255, size=(40, 12, 12), dtype=np.uint8)
+    dataset = ArrayDataset(images, np.arange(40) % 4, RandomCropFlip(padding=3))
+    batches = [list(range(i, i + 8)) for i in range(0, 40, 8)][::-1]
+
+    def load_all(workers: int) -> list:
+        return [torch.cat([images.flatten(1), labels[:, None].float()], 1)
+                for images, labels, _ in epoch_loader(dataset, batches, seed=3, epoch=1, workers=workers)]
+
+    before = torch.get_rng_state()
+    alone = load_all(0)
+    assert torch.equal(torch.get_rng_state(), before)     # the items' seeds do not move the process's stream
+    with_workers = load_all(2)
+    assert len(alone) == len(with_workers) == 5
+    assert all(torch.equal(a, b) for a, b in zip(alone, with_workers))
+    other_epoch = [images for images, _, _ in epoch_loader(dataset, batches, seed=3, epoch=2)]
+    assert not all(torch.equal(a[:, :-1].view(-1, 12, 12)[None].flatten(), b.flatten())
+                   for a, b in zip(alone, other_epoch))   # another epoch, other crops
+
+
+def test_the_loop_switches_run_on_a_cpu(tmp_path):
+    result = train("quick-baseline", tmp_path, "--max-steps", "3", "--set", *SMALL, "loop.channels_last=true",
+                   "loop.autocast=bf16", "loop.workers=2", "loop.log_every=1")
+    assert result.returncode == 0, result.stderr
+    assert "training in float32 on cpu" in result.stdout
+    assert len((tmp_path / METRICS).read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_and_keeps_its_state_dict_keys(tmp_path):
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    assert train("quick-baseline", plain, "--max-steps", "2", "--set", *SMALL).returncode == 0
+    result = train("quick-baseline", compiled, "--max-steps", "2", "--set", *SMALL, "loop.compile=true")
+    assert result.returncode == 0, result.stderr
+    assert load(plain / CHECKPOINT)["model"].keys() == load(compiled / CHECKPOINT)["model"].keys()
