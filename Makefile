@@ -58,6 +58,7 @@ bench: setup
 	$(PY) -m ltcore bench memory
 	$(PY) -m ltcore bench index
 	$(PY) -m ltcore bench rac
+	$(PY) -m ltcore bench data
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

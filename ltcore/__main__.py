@@ -94,7 +94,7 @@ def build_parser() -> OneLineParser:
                       help="memory of one device, e.g. 80GB, 24GiB, 512MB (default: this machine's)")
     plan.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
                       help="override config keys, e.g. optimizer.lr=0.01 iem.capacity=64")
-    train = sub.add_parser("train", help="train a baseline or IEM from a config into a folder (resumable)",
+    train = sub.add_parser("train", help="train a baseline, IEM or RAC from a config into a folder (resumable)",
                            description="Train a run config into DIR: DIR/last.pt (checkpoints), DIR/metrics.jsonl, "
                                        "DIR/results.json (ltcore.run). Exit status: 0 done, 1 does not fit or "
                                        "failed, 2 bad config or option, 143 stopped by SIGTERM (checkpoint written).")

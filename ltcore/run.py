@@ -1,4 +1,5 @@
-"""The train command: one training run of a baseline or IEM from a run config, resumable bit for bit (issue 13).
+"""The train command: one training run of a baseline, IEM or RAC from a run config, resumable bit for bit
+(issue 13).
 
 ``python -m ltcore train --config NAME_OR_FILE --output DIR [--max-steps N] [--resume] [--set key=value ...]``
 calls :func:`train_run`. The config (:mod:`ltcore.runconfig`) says the data, the model, the loss, the optimizer
@@ -8,7 +9,8 @@ and its schedule; this module builds them, trains step by step, and writes into 
   ``model`` (the model's state dict: for IEM, the memories' slots, keys, values and Adam moments included),
   ``optimizers`` (every optimizer's state), ``step`` (optimizer steps done), ``epoch`` and ``position`` (the
   epoch in progress and how many of its batches are done: the sampler's position), ``rng`` (the torch, NumPy
-  and Python generators' states), ``config`` (the run config) and ``format``. It is written every
+  and Python generators' states), ``config`` (the run config), ``index`` (RAC: the retrieval index's identity;
+  None otherwise) and ``format``. It is written every
   ``checkpoint_every`` steps, at the end of every epoch, at ``--max-steps``, and when the process receives
   SIGTERM (then the run stops, exit status 143). A checkpoint is written to a temporary file and renamed, so
   the previous one stays whole until the new one is.
@@ -23,7 +25,7 @@ Resume. The data order of epoch ``e`` is a permutation drawn from a generator se
 e`` (as :func:`ltcore.train.fit`), so the checkpoint's ``position`` says which batches of it are left; every
 random generator is restored, so a run stopped at any step (``kill -9`` included) and resumed from its last
 checkpoint computes what the uninterrupted run computes: tested bitwise (``torch.equal``) on the final model,
-optimizer and memory states for a baseline and IEM. A resumed run must have the same config as the checkpoint
+optimizer and memory states for a baseline, IEM and RAC. A resumed run must have the same config as the checkpoint
 (an error names the keys that differ); ``--max-steps`` may change.
 
 The loop (``[loop]`` of the config): ``workers`` DataLoader processes, each single-threaded, with pinned memory
@@ -34,13 +36,19 @@ bfloat16 autocast on CUDA (ignored on a CPU, with a note); ``channels_last`` and
 (:meth:`torch.nn.Module.compile`, which keeps the state-dict keys) are switches. A non-finite loss or gradient
 stops the run naming the epoch and step (:func:`ltcore.train.optimization_step`); the last good checkpoint stays.
 
-Not yet here (issue 13 stays open for them): the RAC family (its retrieval set-up, index identity in the
-checkpoint), and the cosine schedule and AdamW of the RAC configs; a config that needs one is refused with an
-error naming the key.
+RAC (:func:`build_rac`): E embeds the training images, the index is built over them, T and the neighbour tables
+are set up, and B is initialised from the seed; the checkpoint also holds the index's identity (factory string,
+faiss version, sha256 of the key vectors), and a resumed run rebuilds the index and refuses to go on if the
+identity differs. AdamW (RAC App. B) or SGD.
+
+Not yet here (issue 13 stays open for it): the cosine schedule of the paper's RAC configs; a config that needs
+it is refused with an error naming the key.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -71,7 +79,6 @@ __all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "ItemSeeded", "Term
 
 RUN_FORMAT = "ltcore-run-v1"
 CHECKPOINT, METRICS, RESULTS = "last.pt", "metrics.jsonl", "results.json"
-TRAINABLE_FAMILIES = ("baseline", "iem")
 # Fault injection for the resume tests: "STEP:KILL" or "STEP:TERM" makes the process send itself that signal in
 # the middle of step STEP (1-based), after its batch is loaded and before any weight changes (KILL is `kill -9`).
 SIGNAL_AT_STEP_VARIABLE = "LTCORE_SIGNAL_AT_STEP"
@@ -82,8 +89,8 @@ class Terminated(RuntimeError):
 
 
 def build_model(config: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The config's model, freshly initialised from the current torch seed: ``PlainClassifier`` (baseline) or
-    ``IEMClassifier`` (iem) over an ``ltcore.models`` backbone."""
+    """The config's baseline or IEM model, freshly initialised from the current torch seed: ``PlainClassifier``
+    (baseline) or ``IEMClassifier`` (iem) over an ``ltcore.models`` backbone. (RAC: :func:`build_rac`.)"""
     from ltcore.models import PlainClassifier, build_backbone
 
     backbone = build_backbone(config.model.backbone, in_chans)
@@ -92,6 +99,31 @@ def build_model(config: RunConfig, num_classes: int, in_chans: int) -> nn.Module
 
         return IEMClassifier(backbone, num_classes, **iem_model_kwargs(config.iem))
     return PlainClassifier(backbone, num_classes)
+
+
+def build_rac(config: RunConfig, splits, progress: bool = True) -> tuple[nn.Module, dict]:
+    """RAC's classifier for ``config`` (:func:`ltcore.rac.train.build_rac_classifier`: E and the index over the
+    training keys, T, the precomputed neighbour tables, B from the config's seed) and the index's identity: its
+    factory string, the faiss version and the sha256 of the key vectors. A resumed run rebuilds the index and
+    checks that identity against its checkpoint."""
+    import faiss
+
+    from ltcore.rac.train import RACSettings, build_rac_classifier, build_retrieval_setup
+
+    rac, options = config.rac, config.loss.options
+    settings = RACSettings(text_encoder=rac.text_encoder, k=rac.k, drop_self=rac.drop_self,
+                           precompute=rac.precompute, train_transformer=rac.train_transformer,
+                           tau=options.get("tau", 1.0), label_smoothing=options.get("label_smoothing", 0.0),
+                           optimizer=config.optimizer.name, lr=config.optimizer.lr,
+                           weight_decay=config.optimizer.weight_decay, transformer_lr=rac.transformer_lr)
+    setup = build_retrieval_setup(splits, rac.image_encoder, rac.image_size,
+                                  index_kind="flat" if rac.index == "Flat" else "hnsw", progress=progress)
+    keys = np.ascontiguousarray(setup.embeddings["train"], dtype=np.float32)   # [N_train, D]
+    identity = {"factory": rac.index, "faiss": faiss.__version__,
+                "keys_sha256": hashlib.sha256(keys.tobytes()).hexdigest(), "keys": list(keys.shape)}
+    model = build_rac_classifier(splits, settings, setup=setup, mode=rac.mode, backbone=config.model.backbone,
+                                 seed=config.seed)
+    return model, identity
 
 
 def train_config(config: RunConfig, progress: bool = False) -> TrainConfig:
@@ -108,18 +140,22 @@ def train_config(config: RunConfig, progress: bool = False) -> TrainConfig:
 def check_trainable(config: RunConfig) -> None:
     """Refuse, naming the key, a config this command cannot train yet (module docstring, *Not yet here*)."""
     where = config.source or "the config"
-    if config.family not in TRAINABLE_FAMILIES:
-        raise ConfigError(f"{where}: family {config.family!r}: the train command trains "
-                          f"{' and '.join(TRAINABLE_FAMILIES)} so far (RAC: notebook 07 and ltcore.rac.train)")
     if config.schedule.lr_schedule != "step":
         raise ConfigError(f"{where}: schedule.lr_schedule {config.schedule.lr_schedule!r}: the train command "
                           f"has the step schedule only so far")
-    if config.optimizer.name != "sgd":
-        raise ConfigError(f"{where}: optimizer.name {config.optimizer.name!r}: the train command has SGD only "
-                          f"so far (IEM 4.2)")
+    if config.family != "rac" and config.optimizer.name != "sgd":
+        raise ConfigError(f"{where}: optimizer.name {config.optimizer.name!r}: the train command trains "
+                          f"{config.family} with SGD (IEM 4.2)")
     if config.norm != "batch":
         raise ConfigError(f"{where}: norm {config.norm!r}: GroupNorm comes with the multi-GPU issue; use "
                           f"norm = 'batch'")
+    if config.family == "rac":
+        if config.loss.name not in ("lace", "logit_adjusted"):
+            raise ConfigError(f"{where}: loss.name {config.loss.name!r}: RAC trains both branches under one LACE "
+                              f"loss (RAC 3.3); use 'lace'")
+        if config.rac.index not in ("Flat", "HNSW32"):
+            raise ConfigError(f"{where}: rac.index {config.rac.index!r}: the retrieval set-up builds 'HNSW32' "
+                              f"(the paper's M = 32) or 'Flat'")
 
 
 def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Optional[int] = None,
@@ -147,15 +183,19 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
     device = get_device(config.device)
     generator = seed_everything(config.seed)
     splits = build_dataset(config.data.name, **config.data.options)
-    model = build_model(config, splits.num_classes, splits.train[0][0].shape[0]).to(device)
+    if config.family == "rac":
+        model, identity = build_rac(config, splits, progress)
+    else:
+        model, identity = build_model(config, splits.num_classes, splits.train[0][0].shape[0]), None
+    model = model.to(device)
     if config.loop.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizers = model.configure_optimizers(trainer) if hasattr(model, "configure_optimizers") \
         else default_optimizers(model, trainer)
     loss_fn = build_loss(config.loss.name, splits.class_counts, **config.loss.options)
-    state = {"step": 0, "epoch": 0, "position": 0}
+    state = {"step": 0, "epoch": 0, "position": 0, "index": identity}
     if resume and checkpoint.exists():
-        state = _restore(checkpoint, config, model, optimizers)
+        state = _restore(checkpoint, config, model, optimizers, identity)
         _truncate_metrics(output / METRICS, state["step"])
         print(f"resumed from {checkpoint}: step {state['step']}, epoch {state['epoch'] + 1}, "
               f"{state['position']} batches of it done", flush=True)
@@ -168,7 +208,8 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
     with _sigterm_sets_flag() as terminated:
         complete = _train(model, optimizers, loss_fn, splits, trainer, config, output, state, generator, device,
                           max_steps, terminated)
-    predictions = predict(model, splits.test, trainer.eval_batch_size, device, progress=progress)
+    with _evaluating_on(model, "test"):
+        predictions = predict(model, splits.test, trainer.eval_batch_size, device, progress=progress)
     shots = shot_accuracy(predictions["logits"].argmax(1), predictions["labels"], splits.class_counts)
     record = {**shot_row(splits.name, config.name or config.family, shots, time.perf_counter() - started),
               "steps": state["step"], "complete": complete}
@@ -229,7 +270,8 @@ def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: Run
                 return state["step"] == _total_steps(splits, trainer)
         check_finite_weights(model, f"after epoch {epoch + 1}")
         if splits.val is not None:
-            val = predict(model, splits.val, trainer.eval_batch_size, device, progress=False)
+            with _evaluating_on(model, "val"):
+                val = predict(model, splits.val, trainer.eval_batch_size, device, progress=False)
             _log(output, {"step": state["step"], "epoch": epoch + 1,
                           "val_top1": float((val["logits"].argmax(1) == val["labels"]).mean())})
         state["epoch"], state["position"] = epoch + 1, 0
@@ -268,6 +310,11 @@ def epoch_loader(dataset: Dataset, batches: list, seed: int, epoch: int, workers
 
 def _single_threaded(worker_id: int) -> None:
     torch.set_num_threads(1)  # two workers on two cores: one thread each
+
+
+def _evaluating_on(model: nn.Module, split: str):
+    """RAC reads a split's precomputed neighbours while it predicts that split; other models need nothing."""
+    return model.evaluating_on(split) if hasattr(model, "evaluating_on") else contextlib.nullcontext()
 
 
 def _injected_signal() -> tuple[int, str]:
@@ -317,11 +364,12 @@ def _save(path: Path, model, optimizers, state: dict, epoch: int, config: RunCon
     atomic_save({"format": RUN_FORMAT, "model": model.state_dict(),
                  "optimizers": [optimizer.state_dict() for optimizer in optimizers],
                  "step": state["step"], "epoch": epoch, "position": state["position"], "rng": _rng_state(),
-                 "config": _config_record(config)}, path)
+                 "config": _config_record(config), "index": state["index"]}, path)
 
 
-def _restore(path: Path, config: RunConfig, model, optimizers) -> dict:
-    """Load ``path`` into the model, optimizers and generators; returns its step, epoch and position."""
+def _restore(path: Path, config: RunConfig, model, optimizers, identity: Optional[dict]) -> dict:
+    """Load ``path`` into the model, optimizers and generators; returns its step, epoch and position (and the
+    index identity, checked equal to ``identity``, the rebuilt index's)."""
     saved = safe_load(path, "checkpoint")
     missing = [key for key in ("format", "model", "optimizers", "step", "epoch", "position", "rng", "config")
                if not isinstance(saved, dict) or key not in saved]
@@ -333,6 +381,9 @@ def _restore(path: Path, config: RunConfig, model, optimizers) -> dict:
     if differing:
         raise ValueError(f"{path} was written by a run with another config (differs in: {', '.join(differing)}); "
                          f"resume with the same config, or train into another --output folder")
+    if saved.get("index") != identity:
+        raise ValueError(f"{path} was trained with another retrieval index ({saved.get('index')}) than the one "
+                         f"rebuilt now ({identity}): the encoder, its weights or the data changed")
     try:
         model.load_state_dict(saved["model"])
         for optimizer, optimizer_state in zip(optimizers, saved["optimizers"], strict=True):
@@ -341,7 +392,7 @@ def _restore(path: Path, config: RunConfig, model, optimizers) -> dict:
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{path} does not fit this run's model and optimizers: {exc}") from None
     return {"step": check_int("step", saved["step"], 0), "epoch": check_int("epoch", saved["epoch"], 0),
-            "position": check_int("position", saved["position"], 0)}
+            "position": check_int("position", saved["position"], 0), "index": identity}
 
 
 # ------------------------------------------------------------------------------------------ the log

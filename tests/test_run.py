@@ -44,7 +44,7 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("config", ["quick-baseline", "quick-iem"])
+@pytest.mark.parametrize("config", ["quick-baseline", "quick-iem", "quick-rac"])
 def test_a_run_killed_mid_step_and_resumed_ends_bitwise_equal_to_one_never_stopped(tmp_path, config):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     done = train(config, straight, "--max-steps", str(2 * N), "--set", *SMALL)
@@ -64,6 +64,8 @@ def test_a_run_killed_mid_step_and_resumed_ends_bitwise_equal_to_one_never_stopp
     assert any(key.startswith("/optimizers/0/state") for key in found_a)   # SGD's momentum buffers
     if config == "quick-iem":   # the memories' slots and their Adam moments are in the model's state
         assert any("memor" in key for key in found_a if key.startswith("/model/"))
+    if config == "quick-rac":   # the index the run was trained with, identified
+        assert a["index"] == b["index"] and a["index"]["factory"] == "HNSW32" and len(a["index"]["keys_sha256"]) == 64
     different = [key for key in found_a if not torch.equal(found_a[key], found_b[key])]
     assert not different, different[:5]
     # the log holds each step once: the resumed run dropped what the killed one logged after its checkpoint
@@ -114,11 +116,14 @@ def test_a_truncated_or_foreign_checkpoint_is_an_error_naming_the_file(tmp_path)
     assert foreign.returncode == 1 and "not a checkpoint of the train command" in foreign.stderr
 
 
-@pytest.mark.parametrize("overrides, says", [
-    ([], "family 'rac'"),
+@pytest.mark.parametrize("config, overrides, says", [
+    ("rac-places-lt", [], "schedule.lr_schedule 'cosine'"),
+    ("quick-baseline", ["optimizer.name=adamw"], "optimizer.name 'adamw'"),
+    ("quick-rac", ["loss.name=ce", "loss.options={}"], "loss.name 'ce'"),
+    ("quick-baseline", ["norm=group"], "norm 'group'"),
 ])
-def test_what_the_command_cannot_train_yet_is_refused_naming_the_key(tmp_path, overrides, says):
-    result = train("quick-rac", tmp_path / "out", "--set", *(overrides or ["seed=0"]))
+def test_what_the_command_cannot_train_yet_is_refused_naming_the_key(tmp_path, config, overrides, says):
+    result = train(config, tmp_path / "out", "--set", *(overrides or ["seed=0"]))
     assert result.returncode == 2 and says in result.stderr
     assert not (tmp_path / "out").exists()   # refused before anything was written
 

@@ -15,15 +15,22 @@ with and without a device synchronisation every step (issue 13).
    first allocations), is reported separately as "first pass" and excluded from the median; then ``--repeats``
    timed passes, worker counts interleaved round by round so that the load of a shared machine hits all alike.
    Reported: the median images/s and its ratio to 0 workers, beside this process's core count
-   (``os.sched_getaffinity``) and the 1-minute load average.
+   (``os.sched_getaffinity``) and the 1-minute load average. Also the CPU time of a pass, this process's and its
+   workers' (read from ``/proc``, Linux), and "cores busy" = CPU time / wall time: on a shared machine it shows
+   how much of the cores the loader got, and ``min(N, cores) / (CPU time relative to 0 workers)`` estimates the
+   ratio N workers would reach with a free core each (printed as an estimate; the measured ratio is the result).
 
    What to expect: the work is per image and CPU-bound (decode, resize, crop); 2 workers do two images at a time
    while the main process only receives finished batches (through shared memory), so on 2 idle cores the ratio is
    at most ~2x and expected >= 1.6x *when the loader is decode-bound*, i.e. the per-image work dominates the
    per-batch transfer and collation (a batch of 64 x 3 x 224 x 224 float32 is 38.5 MB). It is lower when another
-   process uses the cores (see the load average), on 1 core (no gain at all), or with tiny images. On the
+   process uses the cores (see the load average), on 1 core (no gain at all), or with tiny images. Under Linux's
+   autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) the cores are shared between sessions, not
+   processes: on a busy machine the workers then split their session's share, and "cores busy" stays where 0
+   workers left it (seen here: 0.50 for both at a load average of 5.6 on 2 cores, ratio 0.88x). On the
    fixture's small images the resize to 256 costs more than the JPEG decode itself (both printed per image); on
-   ImageNet's ~400 x 350 JPEGs the decode weighs more. Either is per-image work that workers share alike.
+   ImageNet's larger JPEGs the decode's share grows (not measured here). Either is per-image work that workers
+   share alike.
 
 2. Per-step syncs. A small training loop (``build_backbone("resnet10_micro", 3)``, global average pool, a linear
    head; cross-entropy, SGD with momentum) on random tensors already on the device (``--train-batch`` images of 3 x
@@ -60,7 +67,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ltcore.__main__ import OneLineParser
 from ltcore.config import get_device
@@ -74,6 +81,7 @@ EXPECTED_RATIO = 1.6     # 2 workers over 0 on 2 cores, decode-bound (module doc
 WARMUP_STEPS = 2
 TRAIN_BATCHES = 8        # distinct random batches cycled by the training loop
 TRAIN_CLASSES = 10
+MIN_CPU_FOR_ESTIMATE = 0.5  # CPU seconds a pass needs for the estimate: /proc counts in ticks of 10 ms
 
 
 # ---------------------------------------------------------------------------- the loader
@@ -114,28 +122,55 @@ def resize_size(image_size: int) -> int:
 
 
 def build_loader(dataset: Dataset, workers: int, batch_size: int, seed: int) -> DataLoader:
-    """The benchmark's DataLoader: shuffled by its own generator (reseed it per pass with :func:`reseed`),
-    persistent single-threaded workers when ``workers > 0``."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                      num_workers=workers, worker_init_fn=single_threaded_worker if workers else None,
-                      persistent_workers=workers > 0)
+    """The benchmark's DataLoader: shuffled by its sampler's own generator (reseed it per pass with
+    :func:`reseed`), persistent single-threaded workers when ``workers > 0``."""
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      worker_init_fn=single_threaded_worker if workers else None, persistent_workers=workers > 0,
+                      generator=torch.Generator())   # the workers' base seed: not drawn from the global stream
 
 
 def reseed(loader: DataLoader, seed: int, pass_number: int) -> DataLoader:
-    """Seed the shuffle of the next pass from (seed, pass): the same order for every worker count (a loader with
-    persistent workers draws from its generator differently from one without, so it is reseeded each pass)."""
-    loader.generator.manual_seed(seed * 100_003 + pass_number)
+    """Seed the shuffle of the next pass from (seed, pass): the same order for every worker count. (The shuffle
+    has a generator of its own: a DataLoader also draws its workers' base seed from its ``generator``, once per
+    pass without persistent workers but only once in all with them, which would shift the order of later passes.)"""
+    loader.sampler.generator.manual_seed(seed * 100_003 + pass_number)
     return loader
 
 
-def timed_pass(loader: DataLoader, seed: int, pass_number: int) -> tuple[int, float]:
-    """(images, seconds) of one full pass over ``loader``."""
+def timed_pass(loader: DataLoader, seed: int, pass_number: int) -> tuple[int, float, float | None]:
+    """(images, wall seconds, CPU seconds) of one full pass over ``loader``. The CPU time is this process's plus
+    its persistent workers' (read from ``/proc``); None where the workers' cannot be read (not Linux, or their first
+    pass, before they exist)."""
     reseed(loader, seed, pass_number)
+    pids = worker_pids(loader) if loader.num_workers else []
+    before = [process_cpu(pid) for pid in pids]
     images = 0
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     for batch, _, _ in loader:
         images += len(batch)
-    return images, time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    after = [process_cpu(pid) for pid in pids]
+    if loader.num_workers and (not pids or None in before or None in after):
+        return images, wall, None
+    return images, wall, cpu + sum(b - a for a, b in zip(before, after))
+
+
+def worker_pids(loader: DataLoader) -> list[int]:
+    """The process ids of ``loader``'s persistent workers; [] before its first pass (they do not exist yet) or if
+    this torch's DataLoader does not keep them where we look (a private attribute)."""
+    iterator = getattr(loader, "_iterator", None)
+    return [worker.pid for worker in getattr(iterator, "_workers", [])]
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a process from ``/proc/PID/stat`` (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()   # after "pid (comm)": state is field 3, utime 14
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def per_image_costs(dataset: SeededItems, count: int) -> tuple[float, float]:
@@ -163,24 +198,37 @@ def bench_loader(args, workers: list[int]) -> dict:
               file=sys.stderr, flush=True)
         decode, transform = per_image_costs(dataset, 32)
         loaders = {count: build_loader(dataset, count, args.batch, args.seed) for count in workers}
-        first, times = {}, {count: [] for count in workers}
+        first, times, cpus = {}, {count: [] for count in workers}, {count: [] for count in workers}
         try:
             for count in workers:                       # warm-up: worker start-up, first allocations
-                images, seconds = timed_pass(loaders[count], args.seed, 0)
+                images, seconds, _ = timed_pass(loaders[count], args.seed, 0)
                 first[count] = images / seconds
                 print(f"loader: {count} workers, first pass: {first[count]:.1f} images/s", file=sys.stderr, flush=True)
             for repeat in range(1, args.repeats + 1):
                 for count in workers:                   # interleaved: a shared machine's load hits all alike
-                    images, seconds = timed_pass(loaders[count], args.seed, repeat)
+                    images, seconds, cpu = timed_pass(loaders[count], args.seed, repeat)
                     times[count].append(seconds)
+                    cpus[count].append(cpu)
                     print(f"loader: {count} workers, pass {repeat}/{args.repeats}: {images / seconds:.1f} images/s",
                           file=sys.stderr, flush=True)
         finally:
             loaders.clear()   # the last references: stops the persistent workers before the fixture is deleted
     rates = {count: len(dataset) / statistics.median(seconds) for count, seconds in times.items()}
-    rows = [{"workers": count, "first_pass_images_per_s": first[count], "images_per_s": rates[count],
-             "pass_images_per_s": [len(dataset) / s for s in times[count]], "ratio_to_0": rates[count] / rates[0]}
-            for count in workers]
+    cpu = {count: None if None in values else statistics.median(values) for count, values in cpus.items()}
+    free_cores = cores()
+    rows = []
+    for count in workers:
+        row = {"workers": count, "first_pass_images_per_s": first[count], "images_per_s": rates[count],
+               "pass_images_per_s": [len(dataset) / s for s in times[count]], "ratio_to_0": rates[count] / rates[0],
+               "cpu_s_per_pass": cpu[count],
+               "cores_busy": None if cpu[count] is None else statistics.median(
+                   c / s for c, s in zip(cpus[count], times[count])),
+               "cpu_relative_to_0": None, "idle_ratio_estimate": None}
+        if cpu[count] is not None and cpu[0] is not None and min(cpu[count], cpu[0]) >= MIN_CPU_FOR_ESTIMATE:
+            row["cpu_relative_to_0"] = cpu[count] / cpu[0]
+            # the work spread over min(workers, cores) cores, each a process's own: an estimate, not a measurement
+            row["idle_ratio_estimate"] = max(1, min(count, free_cores)) / row["cpu_relative_to_0"]
+        rows.append(row)
     return {"format": FIXTURE_FORMAT, "classes": args.classes, "max_per_class": args.max_per_class,
             "train_images": len(dataset), "batch": args.batch, "image_size": args.image_size,
             "resize_size": resize_size(args.image_size), "repeats": args.repeats, "fixture_seconds": written,
@@ -350,10 +398,13 @@ def print_tables(results: dict) -> None:
           f"a first pass (worker start-up; not in the median)")
     print(f"   per image in this process: decode {loader['decode_ms_per_image']:.2f} ms, transform "
           f"{loader['transform_ms_per_image']:.2f} ms")
-    print(f"{'workers':>10}{'first pass img/s':>18}{'median img/s':>14}{'x 0 workers':>13}")
+    print(f"{'workers':>10}{'first pass img/s':>18}{'median img/s':>14}{'x 0 workers':>13}{'cpu s/pass':>12}"
+          f"{'cores busy':>12}")
     for row in loader["rows"]:
+        cpu = "n/a" if row["cpu_s_per_pass"] is None else f"{row['cpu_s_per_pass']:.2f}"
+        busy = "n/a" if row["cores_busy"] is None else f"{row['cores_busy']:.2f}"
         print(f"{row['workers']:>10}{row['first_pass_images_per_s']:>18.1f}{row['images_per_s']:>14.1f}"
-              f"{row['ratio_to_0']:>12.2f}x")
+              f"{row['ratio_to_0']:>12.2f}x{cpu:>12}{busy:>12}")
     for row in loader["rows"]:
         if row["workers"] == 0:
             continue
@@ -365,12 +416,21 @@ def print_tables(results: dict) -> None:
             else:
                 line += f" (the >= {EXPECTED_RATIO}x expectation is for 2 cores; not judged)"
         print(line)
-    print(f"2. training steps: resnet10_micro + linear head, batch {steps['train_batch']} of 3x{steps['train_image_size']}"
-          f"x{steps['train_image_size']} random tensors in memory, SGD, device {steps['device']}, median of "
+        if row["idle_ratio_estimate"] is not None:
+            print(f"   CPU time {row['cpu_relative_to_0']:.2f}x that of 0 workers: with a free core per process "
+                  f"the ratio would be ~{row['idle_ratio_estimate']:.2f}x (an estimate from CPU time, not measured)")
+        elif row["cpu_s_per_pass"] is not None:
+            print(f"   (passes under {MIN_CPU_FOR_ESTIMATE} CPU seconds: too short for an estimate from CPU time)")
+    print("   (cores busy = CPU time of this process and its workers / wall time; below 1 for 0 workers, or below "
+          "N for N, other processes had the cores)")
+    side = steps["train_image_size"]
+    print(f"2. training steps: resnet10_micro + linear head, batch {steps['train_batch']} of 3x{side}x{side} "
+          f"random tensors in memory, SGD, device {steps['device']}, median of "
           f"{steps['repeats']} runs of {steps['steps']} steps")
     print(f"{'loss read':<36}{'steps/s':>10}")
     print(f"{'every step (loss.item(), a sync)':<36}{steps['item_every_step_steps_per_s']:>10.1f}")
-    print(f"{'every ' + str(steps['log_every']) + ' steps (summed on the device)':<36}{steps['deferred_steps_per_s']:>10.1f}")
+    deferred = f"every {steps['log_every']} steps (summed on the device)"
+    print(f"{deferred:<36}{steps['deferred_steps_per_s']:>10.1f}")
     print(f"ratio every {steps['log_every']} steps / every step: {steps['ratio_deferred_to_item']:.2f}x "
           f"(summed losses agree to {steps['loss_sums_max_relative_difference']:.1e} relative)")
     if steps["device"].startswith("cpu"):
