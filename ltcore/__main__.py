@@ -1,7 +1,7 @@
 """Command line: ``python -m ltcore {reproduce,bench,data,readme}``.
 
 - ``reproduce --profile quick|full [--inplace] [--only 01 03] [-p NAME VALUE]``: run the notebooks headless.
-- ``bench memory|index|rac [args]``: the speed benchmarks (ratios measured in one run).
+- ``bench memory|index|rac|data [args]``: the speed benchmarks (ratios measured in one run).
 - ``data fetch NAME`` / ``data list``: install or locate a dataset.
 - ``data make-fixture FORMAT DIR [--classes C] [--max-per-class N] [--seed S]``: write a small long-tailed dataset in
   a real dataset's on-disk format (``ltcore.data.fixtures``).
@@ -69,7 +69,7 @@ def build_parser() -> OneLineParser:
     rep.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a parameter in every notebook run")
     bench = sub.add_parser("bench", help="speed benchmarks")
-    bench.add_argument("name", choices=benchmark_names(), help="memory, index or rac")
+    bench.add_argument("name", choices=benchmark_names(), help="memory, index, rac or data")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("readme", help="rewrite the README's results tables from results/*.json")
     data = sub.add_parser("data", help="datasets")

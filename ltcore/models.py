@@ -86,6 +86,53 @@ class Backbone(nn.Module):
         return self.net.forward_features((images - self.mean) / self.std)
 
 
+# The papers' larger backbones, built by timm (name -> timm architecture).
+TIMM_BACKBONES = {
+    "resnet50": "resnet50",                  # IEM 4.2: "For iNaturalist, we train ResNet-50"
+    "resnet152": "resnet152",                # IEM 4.2: "For Places-LT and SUN-LT, we leverage ResNet-152"
+    "vit_b16": "vit_base_patch16_224",       # RAC 3.3: "we primarily use the ViT-B-16 variant"
+}
+
+
+class TimmBackbone(nn.Module):
+    """One of :data:`TIMM_BACKBONES`, returning a feature map ``[B, C, H, W]`` like :class:`Backbone`: a ResNet's
+    last map (224 px -> 7 x 7), or a ViT's class token as a 1 x 1 map (so the plain classifier's average over
+    the map is the class token, as a ViT classifies).
+
+    ``pretrained``: timm's ImageNet weights, fetched from the Hugging Face Hub on first use (set ``HF_HOME`` to a
+    folder holding them on a machine without internet); a failed fetch is an error naming the backbone.
+    """
+
+    def __init__(self, name: str, in_chans: int = 3, pretrained: bool = False, mean=None, std=None,
+                 image_size: int = 224):
+        super().__init__()
+        import timm
+
+        if name not in TIMM_BACKBONES:
+            raise KeyError(f"unknown timm backbone {name!r}; known: {', '.join(TIMM_BACKBONES)}")
+        options = dict(num_classes=0, in_chans=check_int("in_chans", in_chans, 1))
+        self.is_vit = name.startswith("vit")
+        options.update(img_size=image_size) if self.is_vit else options.update(global_pool="")
+        try:
+            self.net = timm.create_model(TIMM_BACKBONES[name], pretrained=pretrained, **options)
+        except Exception as exc:  # the Hub unreachable, or no weights for these options
+            if not pretrained:
+                raise
+            raise RuntimeError(f"the pretrained weights of {name} ({TIMM_BACKBONES[name]}) could not be loaded: "
+                               f"{exc}; on a machine without internet put them in the Hugging Face cache (HF_HOME) "
+                               f"first, or set model.pretrained = false") from exc
+        self.name, self.out_dim = name, self.net.num_features
+        default_mean, default_std = IMAGENET_MEAN_STD
+        self.register_buffer("mean", torch.tensor(default_mean if mean is None else mean).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(default_std if std is None else std).reshape(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.net.forward_features((images - self.mean) / self.std)
+        if self.is_vit:  # (B, 1 + tokens, C): the class token, as a (B, C, 1, 1) map
+            return features[:, 0, :, None, None]
+        return features  # (B, C, H / 32, W / 32)
+
+
 class PrecomputedFeatureMaps(nn.Module):
     """The identity backbone: its inputs are feature maps ``[B, C, H, W]`` that a frozen network computed
     beforehand (e.g. :func:`ltcore.features.extract_features`), passed on as float32 (cached maps may be float16).
@@ -111,9 +158,10 @@ PRECOMPUTED = "precomputed"  # build_backbone's name of the identity over cached
 
 
 def build_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=None,
-                   std=None) -> Backbone | PrecomputedFeatureMaps:
-    """Build a named backbone (:data:`BACKBONES`). Inputs are images in [0, 1]; the backbone normalises them with
-    ``mean``/``std`` (default: Fashion-MNIST's pixel statistics for 1 channel, ImageNet's for 3).
+                   std=None, pretrained: bool = False) -> Backbone | TimmBackbone | PrecomputedFeatureMaps:
+    """Build a named backbone (:data:`BACKBONES`, or the papers' larger :data:`TIMM_BACKBONES`, which alone take
+    ``pretrained``). Inputs are images in [0, 1]; the backbone normalises them with ``mean``/``std`` (default:
+    Fashion-MNIST's pixel statistics for 1 channel, ImageNet's for 3).
 
     ``name="precomputed"``: :class:`PrecomputedFeatureMaps`, whose inputs are feature maps with ``in_chans``
     channels (``mean`` and ``std`` do not apply).
@@ -122,6 +170,11 @@ def build_backbone(name: str = "resnet10_small", in_chans: int = 1, mean=None,
         if mean is not None or std is not None:
             raise ValueError("precomputed feature maps are not normalised: pass no mean or std")
         return PrecomputedFeatureMaps(in_chans)
+    if name in TIMM_BACKBONES:
+        return TimmBackbone(name, in_chans, pretrained, mean, std)
+    if pretrained:
+        raise ValueError(f"{name} is trained from scratch here (IEM 4.2's ResNet-10 is); pretrained weights exist "
+                         f"for {', '.join(TIMM_BACKBONES)}")
     default_mean, default_std = FASHION_MNIST_MEAN_STD if in_chans == 1 else IMAGENET_MEAN_STD
     return Backbone(name, in_chans, default_mean if mean is None else mean, default_std if std is None else std)
 

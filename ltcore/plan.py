@@ -158,32 +158,17 @@ def input_shape(config: RunConfig) -> tuple[int, int, int]:
 
 
 # ================================================================================================ models
-class _TimmTrunk(nn.Module):
-    """A timm model's feature extractor with the ``out_dim`` the package's heads read."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.net = model
-        self.out_dim = int(model.num_features)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(images)  # (B, C, H, W) for a ResNet, (B, N, D) tokens for a ViT
-
-
 def build_backbone_for_plan(config: RunConfig) -> nn.Module:
-    """The config's backbone on the meta device (ltcore's small ResNets are built on the CPU first)."""
-    from ltcore.models import build_backbone
+    """The config's backbone on the meta device (ltcore's small ResNets are built on the CPU first; the papers'
+    larger ones, :class:`ltcore.models.TimmBackbone`, on the meta device directly, without their weights)."""
+    from ltcore.models import TimmBackbone, build_backbone
 
     channels, size, _ = input_shape(config)
     name = config.model.backbone
     if name not in TIMM_BACKBONES:
         return build_backbone(name, channels).to("meta")
-    import timm
-
-    options = dict(num_classes=0, in_chans=channels)
-    options.update(img_size=size) if name.startswith("vit") else options.update(global_pool="")
     with torch.device("meta"):
-        return _TimmTrunk(timm.create_model(TIMM_BACKBONES[name], pretrained=False, **options))
+        return TimmBackbone(name, channels, pretrained=False, image_size=size)
 
 
 def build_model_for_plan(config: RunConfig, num_classes: int) -> nn.Module:
@@ -219,7 +204,8 @@ def _image_encoder(config: RunConfig) -> nn.Module:
     cfg = timm.models.get_pretrained_cfg(spec.architecture)
     options = {"img_size": size} if cfg is not None and cfg.fixed_input_size else {}
     with torch.device("meta"):
-        encoder = _TimmTrunk(timm.create_model(spec.architecture, pretrained=False, num_classes=0, **options))
+        encoder = timm.create_model(spec.architecture, pretrained=False, num_classes=0, **options)
+    encoder.out_dim = int(encoder.num_features)
     return encoder.requires_grad_(False)
 
 

@@ -26,7 +26,7 @@ e`` (as :func:`ltcore.train.fit`), so the checkpoint's ``position`` says which b
 random generator is restored, so a run stopped at any step (``kill -9`` included) and resumed from its last
 checkpoint computes what the uninterrupted run computes: tested bitwise (``torch.equal``) on the final model,
 optimizer and memory states for a baseline, IEM and RAC. A resumed run must have the same config as the checkpoint
-(an error names the keys that differ); ``--max-steps`` may change.
+(an error names the keys that differ), except :data:`FREE_ON_RESUME`; ``--max-steps`` may change.
 
 The loop (``[loop]`` of the config): ``workers`` DataLoader processes, each single-threaded, with pinned memory
 and non-blocking copies on CUDA; every item's augmentation is seeded by (seed, epoch, index) (:class:`ItemSeeded`),
@@ -39,10 +39,7 @@ stops the run naming the epoch and step (:func:`ltcore.train.optimization_step`)
 RAC (:func:`build_rac`): E embeds the training images, the index is built over them, T and the neighbour tables
 are set up, and B is initialised from the seed; the checkpoint also holds the index's identity (factory string,
 faiss version, sha256 of the key vectors), and a resumed run rebuilds the index and refuses to go on if the
-identity differs. AdamW (RAC App. B) or SGD.
-
-Not yet here (issue 13 stays open for it): the cosine schedule of the paper's RAC configs; a config that needs
-it is refused with an error naming the key.
+identity differs. AdamW (RAC App. B) or SGD; the step or the cosine schedule (:func:`ltcore.train.lr_at`).
 """
 from __future__ import annotations
 
@@ -75,10 +72,12 @@ from ltcore.runconfig import ConfigError, RunConfig, iem_model_kwargs
 from ltcore.train import TrainConfig, check_finite_weights, default_optimizers, lr_at, optimization_step, predict
 
 __all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "ItemSeeded", "Terminated", "build_model",
-           "epoch_loader", "read_results", "train_run"]
+           "epoch_loader", "read_results", "single_threaded_worker", "train_run"]
 
 RUN_FORMAT = "ltcore-run-v1"
 CHECKPOINT, METRICS, RESULTS = "last.pt", "metrics.jsonl", "results.json"
+# Config keys a resumed run may change: they do not change what is computed (``loop``: workers, switches, logging).
+FREE_ON_RESUME = ("description", "device", "checkpoint_every", "loop")
 # Fault injection for the resume tests: "STEP:KILL" or "STEP:TERM" makes the process send itself that signal in
 # the middle of step STEP (1-based), after its batch is loaded and before any weight changes (KILL is `kill -9`).
 SIGNAL_AT_STEP_VARIABLE = "LTCORE_SIGNAL_AT_STEP"
@@ -93,7 +92,7 @@ def build_model(config: RunConfig, num_classes: int, in_chans: int) -> nn.Module
     (baseline) or ``IEMClassifier`` (iem) over an ``ltcore.models`` backbone. (RAC: :func:`build_rac`.)"""
     from ltcore.models import PlainClassifier, build_backbone
 
-    backbone = build_backbone(config.model.backbone, in_chans)
+    backbone = build_backbone(config.model.backbone, in_chans, pretrained=config.model.pretrained)
     if config.family == "iem":
         from ltcore.iem.model import IEMClassifier
 
@@ -122,7 +121,7 @@ def build_rac(config: RunConfig, splits, progress: bool = True) -> tuple[nn.Modu
     identity = {"factory": rac.index, "faiss": faiss.__version__,
                 "keys_sha256": hashlib.sha256(keys.tobytes()).hexdigest(), "keys": list(keys.shape)}
     model = build_rac_classifier(splits, settings, setup=setup, mode=rac.mode, backbone=config.model.backbone,
-                                 seed=config.seed)
+                                 seed=config.seed, pretrained=config.model.pretrained)
     return model, identity
 
 
@@ -133,16 +132,13 @@ def train_config(config: RunConfig, progress: bool = False) -> TrainConfig:
     return TrainConfig(epochs=schedule.epochs, batch_size=schedule.batch_size, lr=optimizer.lr,
                        momentum=optimizer.momentum, weight_decay=optimizer.weight_decay,
                        lr_milestones=tuple(schedule.milestones), lr_gamma=schedule.lr_decay,
-                       warmup_epochs=schedule.warmup_epochs, seed=config.seed, device=config.device,
-                       progress=progress)
+                       warmup_epochs=schedule.warmup_epochs, lr_schedule=schedule.lr_schedule, seed=config.seed,
+                       device=config.device, progress=progress)
 
 
 def check_trainable(config: RunConfig) -> None:
     """Refuse, naming the key, a config this command cannot train yet (module docstring, *Not yet here*)."""
     where = config.source or "the config"
-    if config.schedule.lr_schedule != "step":
-        raise ConfigError(f"{where}: schedule.lr_schedule {config.schedule.lr_schedule!r}: the train command "
-                          f"has the step schedule only so far")
     if config.family != "rac" and config.optimizer.name != "sgd":
         raise ConfigError(f"{where}: optimizer.name {config.optimizer.name!r}: the train command trains "
                           f"{config.family} with SGD (IEM 4.2)")
@@ -225,6 +221,9 @@ def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: Run
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=config.loop.autocast == "bf16" and device.type == "cuda")
     memory_format = torch.channels_last if config.loop.channels_last else torch.contiguous_format
+    total = _total_steps(splits, trainer)
+    if max_steps is not None and state["step"] >= max_steps:  # resumed past --max-steps: nothing to train
+        return state["step"] == total
     for epoch in range(state["epoch"], trainer.epochs):
         generator.manual_seed(config.seed * 100_003 + epoch)            # the epoch's data order
         order = torch.randperm(len(splits.train), generator=generator)   # [N]
@@ -267,7 +266,7 @@ def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: Run
                 raise Terminated(f"SIGTERM: checkpoint {output / CHECKPOINT} written at step {state['step']}; "
                                  f"continue with --resume")
             if stop:
-                return state["step"] == _total_steps(splits, trainer)
+                return state["step"] == total
         check_finite_weights(model, f"after epoch {epoch + 1}")
         if splits.val is not None:
             with _evaluating_on(model, "val"):
@@ -304,12 +303,13 @@ def epoch_loader(dataset: Dataset, batches: list, seed: int, epoch: int, workers
     otherwise draws a seed from the global one, which a resumed run would then draw twice in its first epoch."""
     workers = check_int("workers", workers, 0)
     return DataLoader(ItemSeeded(dataset, seed, epoch), batch_sampler=batches, num_workers=workers,
-                      pin_memory=pin_memory, worker_init_fn=_single_threaded if workers else None,
+                      pin_memory=pin_memory, worker_init_fn=single_threaded_worker if workers else None,
                       generator=torch.Generator())
 
 
-def _single_threaded(worker_id: int) -> None:
-    torch.set_num_threads(1)  # two workers on two cores: one thread each
+def single_threaded_worker(worker_id: int) -> None:
+    """``worker_init_fn``: one torch thread per worker process (the workers, not threads, share the cores)."""
+    torch.set_num_threads(1)
 
 
 def _evaluating_on(model: nn.Module, split: str):
@@ -377,7 +377,8 @@ def _restore(path: Path, config: RunConfig, model, optimizers, identity: Optiona
         raise ValueError(f"{path} is not a checkpoint of the train command (format {RUN_FORMAT}); missing "
                          f"{missing or 'nothing, but the format differs'}")
     ours = _config_record(config)
-    differing = sorted(key for key in set(ours) | set(saved["config"]) if ours.get(key) != saved["config"].get(key))
+    differing = sorted(key for key in (set(ours) | set(saved["config"])) - set(FREE_ON_RESUME)
+                       if ours.get(key) != saved["config"].get(key))
     if differing:
         raise ValueError(f"{path} was written by a run with another config (differs in: {', '.join(differing)}); "
                          f"resume with the same config, or train into another --output folder")

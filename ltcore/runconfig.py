@@ -45,20 +45,15 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 
 from ltcore.checks import check_choice, check_float, check_int
+from ltcore.models import TIMM_BACKBONES  # the papers' larger backbones (re-exported)
+from ltcore.train import LR_SCHEDULES
 
 __all__ = ["ConfigError", "RunConfig", "config_names", "iem_model_kwargs", "load_config", "FAMILIES", "NORMS",
            "TIMM_BACKBONES"]
 
 FAMILIES = ("baseline", "iem", "rac")
 NORMS = ("batch", "group")
-LR_SCHEDULES = ("step", "cosine")
 OPTIMIZERS = ("sgd", "adamw")  # ltcore.rac.classifier.OPTIMIZERS; the IEM and baseline trainer uses SGD
-# Backbones of the papers that ltcore.models.BACKBONES does not build: name -> timm architecture.
-TIMM_BACKBONES = {
-    "resnet50": "resnet50",                  # IEM 4.2: "For iNaturalist, we train ResNet-50"
-    "resnet152": "resnet152",                # IEM 4.2: "For Places-LT and SUN-LT, we leverage ResNet-152"
-    "vit_b16": "vit_base_patch16_224",       # RAC 3.3: "we primarily use the ViT-B-16 variant"
-}
 INDEX_FACTORY = re.compile(r"^(Flat|HNSW(\d+))$")  # faiss index_factory strings the retrieval index supports
 
 

@@ -25,6 +25,7 @@ Taught in notebook 01, *Baselines*.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -44,6 +45,7 @@ CHECKPOINT_FORMAT = "ltcore-checkpoint-v1"
 # Settings that do not change what a run computes, so a resumed run may differ in them; ``epochs``
 # may only grow (a run is extended, never cut below the epochs already done).
 FREE_ON_RESUME = ("epochs", "device", "eval_batch_size", "progress")
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_milestones: tuple = ()  # epochs (0-based) at which the lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"  # "step" (lr_milestones) or "cosine" (RAC Table S7), after the warm-up
     warmup_epochs: int = 0  # linear lr warm-up over the first epochs
     seed: int = 0
     device: str = "auto"
@@ -77,6 +80,10 @@ class TrainConfig:
             raise ValueError(f"lr_milestones must be a tuple of epochs, got {self.lr_milestones!r}")
         self.lr_milestones = tuple(check_int(f"lr_milestones[{i}]", epoch, 0)
                                    for i, epoch in enumerate(self.lr_milestones))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.lr_milestones:
+            raise ValueError("a cosine schedule has no lr_milestones")
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if not isinstance(self.progress, bool):
@@ -114,9 +121,15 @@ def default_optimizers(model: nn.Module, config: TrainConfig) -> list:
 
 
 def lr_at(epoch: int, config: TrainConfig) -> float:
-    """The scheduled lr of an epoch: linear warm-up, then steps at ``lr_milestones``."""
+    """The scheduled lr of an epoch: linear warm-up, then steps at ``lr_milestones`` or a cosine from ``lr`` towards
+    0 over the remaining epochs, ``lr * (1 + cos(pi * t / T)) / 2`` with ``t`` the epochs since the warm-up and ``T``
+    their number (RAC, Table S7: "cosine"; the paper does not say per step or per epoch: per epoch here, as the
+    rest of the schedule)."""
     if epoch < config.warmup_epochs:
         return config.lr * (epoch + 1) / config.warmup_epochs
+    if config.lr_schedule == "cosine":
+        t, total = epoch - config.warmup_epochs, config.epochs - config.warmup_epochs
+        return config.lr * (1 + math.cos(math.pi * t / total)) / 2
     return config.lr * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
 
 

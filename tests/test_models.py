@@ -230,3 +230,37 @@ def test_rac_model_in_every_mode(mode):
     trainable = [name for name, _ in model.trainable_parameters() if not name.startswith(unused)]
     assert trainable and all(dict(model.named_parameters())[name].grad is not None for name in trainable)
     assert all(p.grad is None for p in encoder.parameters())  # E is frozen
+
+
+@pytest.mark.parametrize("name, image_size, shape", [
+    ("resnet50", 224, (2, 2048, 7, 7)),
+    ("resnet152", 224, (2, 2048, 7, 7)),
+    ("vit_b16", 224, (2, 768, 1, 1)),     # the class token as a 1 x 1 map
+])
+def test_the_papers_larger_backbones_give_a_feature_map(name, image_size, shape):
+    from ltcore.models import PlainClassifier, build_backbone
+
+    with torch.device("meta"):   # shapes only: no memory for 60-86 M parameters
+        backbone = build_backbone(name, 3)
+        maps = backbone(torch.empty(2, 3, image_size, image_size))
+        logits = PlainClassifier(backbone, 5)(torch.empty(2, 3, image_size, image_size))
+    assert tuple(maps.shape) == shape and backbone.out_dim == shape[1]
+    assert tuple(logits.shape) == (2, 5)
+
+
+def test_unreachable_pretrained_weights_are_an_error_naming_the_backbone(monkeypatch):
+    import timm
+
+    from ltcore.models import build_backbone
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(*args, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match=r"pretrained weights of resnet50 \(resnet50\).*HF_HOME.*pretrained = false"):
+        build_backbone("resnet50", 3, pretrained=True)
+    with pytest.raises(ValueError, match="trained from scratch here"):
+        build_backbone("resnet10", 3, pretrained=True)

@@ -49,6 +49,18 @@ def test_lr_schedule_warmup_and_steps():
     assert [round(lr_at(e, config), 5) for e in range(7)] == [0.05, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
 
 
+def test_lr_schedule_cosine_after_the_warm_up():
+    import math
+
+    config = TrainConfig(lr=0.1, epochs=6, warmup_epochs=2, lr_schedule="cosine")
+    expected = [0.05, 0.1] + [0.1 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]   # 0.1, 0.085, 0.05, 0.015
+    assert [lr_at(e, config) for e in range(6)] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="cosine schedule has no lr_milestones"):
+        TrainConfig(lr_schedule="cosine", lr_milestones=(3,))
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="linear")
+
+
 def test_same_seed_gives_identical_training():
     data = toy_dataset()
     a, b = tiny_model(), tiny_model()

@@ -75,6 +75,7 @@ from ltcore.data.fixtures import build_options, fixture_counts, make_fixture
 from ltcore.data.registry import build_dataset
 from ltcore.io import atomic_write, check_write_target
 from ltcore.models import build_backbone
+from ltcore.run import ItemSeeded, single_threaded_worker
 
 FIXTURE_FORMAT = "imagenet_lt"
 EXPECTED_RATIO = 1.6     # 2 workers over 0 on 2 cores, decode-bound (module docstring)
@@ -85,28 +86,6 @@ MIN_CPU_FOR_ESTIMATE = 0.5  # CPU seconds a pass needs for the estimate: /proc c
 
 
 # ---------------------------------------------------------------------------- the loader
-class SeededItems(Dataset):
-    """``dataset``'s items with the torch random state of each item set from (seed, index): the random crop and
-    flip of an image are then the same whichever process (main or worker) loads it. The caller's random state is
-    left as it was."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + index)
-            return self.dataset[index]
-
-
-def single_threaded_worker(worker_id: int) -> None:
-    """``worker_init_fn``: one torch thread per worker process (the workers, not threads, share the cores)."""
-    torch.set_num_threads(1)
-
-
 def build_fixture_dataset(root: str | os.PathLike, classes: int, max_per_class: int, image_size: int = 224,
                           seed: int = 0) -> Dataset:
     """Write the ImageNet-LT fixture into ``root`` and return its training split, loaded by the real loader with
@@ -114,7 +93,7 @@ def build_fixture_dataset(root: str | os.PathLike, classes: int, max_per_class: 
     make_fixture(FIXTURE_FORMAT, root, classes, max_per_class, seed)
     name, options = build_options(FIXTURE_FORMAT, root, classes, max_per_class)
     splits = build_dataset(name, **options, image_size=image_size, resize_size=resize_size(image_size))
-    return SeededItems(splits.train, seed)
+    return ItemSeeded(splits.train, seed, epoch=0)
 
 
 def resize_size(image_size: int) -> int:
@@ -173,7 +152,7 @@ def process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def per_image_costs(dataset: SeededItems, count: int) -> tuple[float, float]:
+def per_image_costs(dataset: ItemSeeded, count: int) -> tuple[float, float]:
     """Mean (decode, transform) seconds per image over the first ``count`` images, in this process."""
     images = dataset.dataset
     decode = transform = 0.0

@@ -308,10 +308,12 @@ def build_rac_classifier(
     mode: str = "rac",
     backbone: str = "resnet10_tiny",
     seed: int = 0,
+    pretrained: bool = False,
 ) -> RACClassifier:
     """Step 2 of the recipe: B, T, the retrieval module, the precomputed tables, wrapped for the trainer.
 
     The base branch is built first from ``seed`` (so "base" and "rac" runs start from the same B), then T.
+    ``pretrained``: B starts from its ImageNet weights (the paper's ViT-B/16; :func:`ltcore.models.build_backbone`).
     ``classifier.retrieval_seconds`` is the time spent precomputing neighbours and text embeddings.
     """
     branches = mode_branches(mode)
@@ -321,7 +323,7 @@ def build_rac_classifier(
     base = None
     if "base" in branches:
         in_chans = splits.train[0][0].shape[0]
-        base = PlainClassifier(build_backbone(backbone, in_chans), splits.num_classes)
+        base = PlainClassifier(build_backbone(backbone, in_chans, pretrained=pretrained), splits.num_classes)
     retrieval, neighbour_tables, text_tables = None, {}, {}
     started = time.perf_counter()
     if "retrieval" in branches:
