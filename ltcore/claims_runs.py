@@ -9,6 +9,11 @@ two processes finish them in about half the time. A **job** is one of:
 * ``{"kind": "frozen-features" | "e2e", "permutation": p, "seeds": (s, ...)}``: every IEM method
   (:mod:`ltcore.iem.claims`) on the runs (s, p), on the cached feature maps or from scratch on the images.
 
+* ``{"kind": "memory-variants", "permutation": p, "seeds": (s, ...)}``: the diagnostic of notebook 08's section 6,
+  :func:`ltcore.iem.claims.compare_memory_variants` on the runs (s, p), one row per (variant, seed):
+  ``{"diagnostic": "memory-variant", "variant", "seed", "permutation", "val_overall"}`` (validation only). These
+  rows are not claim results: a caller separates them by their ``"diagnostic"`` key.
+
 A job may also name its ``"recipe"`` (a :class:`ltcore.rac.claims.RACClaimsRecipe` or
 :class:`ltcore.iem.claims.IEMClaimsRecipe`); by default each module's own, chosen on validation.
 
@@ -29,7 +34,7 @@ from ltcore.checks import check_choice, check_int
 
 __all__ = ["JOB_KINDS", "ClaimsInputs", "run_claims_job", "run_claims_jobs"]
 
-JOB_KINDS = ("rac", "frozen-features", "e2e")
+JOB_KINDS = ("rac", "frozen-features", "e2e", "memory-variants")
 
 # What every job reads: the split of each permutation, the labels, the pool's and the test split's images and
 # cached features. Keys: "splits" {permutation: PermutedSplit}, "train_labels" [60000], "test_labels" [10000],
@@ -62,8 +67,13 @@ def run_claims_job(inputs: ClaimsInputs, job: Mapping[str, Any]) -> list[dict]:
                                            class_names=inputs["class_names"], retrieval=tables,
                                            recipe=job.get("recipe"))
         return rows
-    from ltcore.iem.claims import run_iem_claims_methods
+    from ltcore.iem.claims import compare_memory_variants, run_iem_claims_methods
 
+    if kind == "memory-variants":
+        scores = compare_memory_variants(inputs["pool_base"], inputs["train_labels"], split, inputs["test_base"],
+                                         inputs["test_labels"], seeds=seeds, recipe=job.get("recipe"))
+        return [{"diagnostic": "memory-variant", "variant": variant, "seed": seed, "permutation": permutation,
+                 "val_overall": value} for variant, values in scores.items() for seed, value in zip(seeds, values)]
     pool, test = ((inputs["pool_base"], inputs["test_base"]) if kind == "frozen-features"
                   else (inputs["pool_images"], inputs["test_images"]))
     for seed in seeds:

@@ -61,6 +61,18 @@ def test_two_processes_give_the_rows_of_one_in_job_order(inputs):
     np.testing.assert_equal(parallel, serial)  # every number identical (NaN = NaN), curves included
 
 
+def test_the_memory_variant_diagnostic_is_a_job_of_its_own(inputs):
+    from ltcore.iem.claims import MEMORY_VARIANTS, compare_memory_variants
+
+    job = {"kind": "memory-variants", "permutation": 0, "seeds": (0, 1), "recipe": FROZEN}
+    rows, _ = run_claims_jobs([job], inputs, workers=1, progress=False)
+    direct = compare_memory_variants(inputs["pool_base"], inputs["train_labels"], inputs["splits"][0],
+                                     inputs["test_base"], inputs["test_labels"], seeds=(0, 1), recipe=FROZEN)
+    assert [(r["variant"], r["seed"]) for r in rows] == [(v, s) for v in MEMORY_VARIANTS for s in (0, 1)]
+    assert all(r["diagnostic"] == "memory-variant" and r["permutation"] == 0 for r in rows)
+    assert [r["val_overall"] for r in rows] == [value for values in direct.values() for value in values]
+
+
 def test_a_job_is_the_module_runs_it_names(inputs):
     from ltcore.iem.claims import run_iem_claims_methods
 
