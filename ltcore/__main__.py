@@ -87,26 +87,28 @@ def build_parser() -> OneLineParser:
                           description="Print what a run of a config needs (parameters, activations, IEM memories, "
                                       "index, checkpoint) and whether each device holds its share. Exit status: "
                                       "0 if it fits, 1 if it does not, 2 for a bad config or option.")
-    plan.add_argument("--config", required=True, metavar="NAME_OR_FILE",
-                      help="a named config (ltcore/configs) or a TOML file")
+    _config_arguments(plan)
     plan.add_argument("--gpus", type=_positive_int, default=1, help="data-parallel devices (default 1)")
     plan.add_argument("--device-memory", type=_size, default=None, metavar="SIZE",
                       help="memory of one device, e.g. 80GB, 24GiB, 512MB (default: this machine's)")
-    plan.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
-                      help="override config keys, e.g. optimizer.lr=0.01 iem.capacity=64")
     train = sub.add_parser("train", help="train a baseline, IEM or RAC from a config into a folder (resumable)",
                            description="Train a run config into DIR: DIR/last.pt (checkpoints), DIR/metrics.jsonl, "
                                        "DIR/results.json (ltcore.run). Exit status: 0 done, 1 does not fit or "
                                        "failed, 2 bad config or option, 143 stopped by SIGTERM (checkpoint written).")
-    train.add_argument("--config", required=True, metavar="NAME_OR_FILE",
-                       help="a named config (ltcore/configs) or a TOML file")
+    _config_arguments(train)
     train.add_argument("--output", required=True, metavar="DIR", help="the run's folder")
     train.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
                        help="stop after N optimizer steps in all (checkpoint written)")
     train.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if it exists")
-    train.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
-                       help="override config keys, e.g. optimizer.lr=0.01 schedule.epochs=2")
     return parser
+
+
+def _config_arguments(command: argparse.ArgumentParser) -> None:
+    """``--config NAME_OR_FILE`` and ``--set KEY=VALUE ...``, shared by ``plan`` and ``train``."""
+    command.add_argument("--config", required=True, metavar="NAME_OR_FILE",
+                         help="a named config (ltcore/configs) or a TOML file")
+    command.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
+                         help="override config keys, e.g. optimizer.lr=0.01 iem.capacity=64")
 
 
 def _size(text: str) -> int:

@@ -129,13 +129,13 @@ def test_a_config_file_loads(tmp_path):
     ("k = 5", 'k = 5\nindex = "IVF4096"', "rac.index", "'Flat' or 'HNSW<M>'"),
     ("k = 5", 'k = 5\ntext_encoder = "gpt"', "rac.text_encoder", "must be one of"),
     ("k = 5", 'k = 5\nimage_encoder = "eye"', "rac.image_encoder", "must be one of"),
-    ('device = "auto"', "", "device", ""),  # no-op placeholder replaced below
+    ('family = "rac"', 'family = "rac"\ndevice = "gpu9"', "device", "is not a device"),
+    ("[rac]", "[loop]\nworkers = -1\n\n[rac]", "loop.workers", "must be an integer >= 0"),
+    ("[rac]", '[loop]\nautocast = "fp8"\n\n[rac]', "loop.autocast", "must be one of"),
     ("lr = 0.1\n", "", "optimizer.lr", "required key missing"),
     ("[data]", "[data\n", "TOML syntax error", "line 4"),
 ])
 def test_a_bad_config_names_the_file_and_the_key(tmp_path, old, new, key, says):
-    if old == 'device = "auto"':  # device: the text has none, so add a bad one
-        old, new, says = 'family = "rac"', 'family = "rac"\ndevice = "gpu9"', "is not a device"
     assert old in VALID
     path = tmp_path / "bad.toml"
     path.write_text(VALID.replace(old, new, 1))
