@@ -265,8 +265,8 @@ def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: Run
             if terminated():
                 raise Terminated(f"SIGTERM: checkpoint {output / CHECKPOINT} written at step {state['step']}; "
                                  f"continue with --resume")
-            if stop:
-                return state["step"] == total
+            if stop and state["step"] < total:  # at the schedule's end the epoch's validation still runs
+                return False
         check_finite_weights(model, f"after epoch {epoch + 1}")
         if splits.val is not None:
             with _evaluating_on(model, "val"):

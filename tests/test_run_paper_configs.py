@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ltcore.data.fixtures import make_fixture
-from ltcore.run import CHECKPOINT, RESULTS
+from ltcore.run import CHECKPOINT, METRICS, RESULTS
 
 SCALED = ["schedule.epochs=2", "schedule.batch_size=8", "device=cpu", "checkpoint_every=5"]
 
@@ -45,3 +45,5 @@ def test_a_paper_config_trains_on_a_fixture_of_its_real_format(tmp_path, config,
     assert record["complete"] is True and record["steps"] == 2 * 4   # 2 epochs of ceil(27 / 8) batches
     assert record["dataset"].lower().startswith(fixture.split("_")[0])
     assert (tmp_path / "run" / CHECKPOINT).exists()
+    rows = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    assert [row["epoch"] for row in rows if "val_top1" in row] == [1, 2]   # every epoch validated, the last too
