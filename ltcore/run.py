@@ -53,7 +53,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from ltcore.checks import check_int
 from ltcore.config import get_device, progress_disabled, seed_everything
 from ltcore.data.registry import build_dataset
-from ltcore.io import atomic_save, atomic_write, read_json, safe_load
+from ltcore.io import atomic_save, atomic_write, safe_load
 from ltcore.losses import build_loss
 from ltcore.metrics import shot_accuracy
 from ltcore.results import shot_row
@@ -72,7 +72,7 @@ from ltcore.runconfig import ConfigError, RunConfig, iem_model_kwargs
 from ltcore.train import TrainConfig, check_finite_weights, default_optimizers, lr_at, optimization_step, predict
 
 __all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "ItemSeeded", "Terminated", "build_model",
-           "epoch_loader", "read_results", "single_threaded_worker", "train_run"]
+           "epoch_loader", "single_threaded_worker", "train_run"]
 
 RUN_FORMAT = "ltcore-run-v1"
 CHECKPOINT, METRICS, RESULTS = "last.pt", "metrics.jsonl", "results.json"
@@ -437,8 +437,3 @@ class _sigterm_sets_flag:
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
-
-
-def read_results(output: str | os.PathLike) -> Any:
-    """The results record a finished run wrote into ``output``."""
-    return read_json(Path(output) / RESULTS, "results record", "; the run has not finished")

@@ -237,27 +237,21 @@ def run_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list,
     every ``log_every`` steps and at the end."""
     _synchronize(device)
     start = time.perf_counter()
-    if sync_every_step:
-        total = 0.0
-        for step in range(steps):
-            images, labels = batches[(first_step + step) % len(batches)]
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    total, on_device = 0.0, torch.zeros((), device=device)
+    for step in range(steps):
+        images, labels = batches[(first_step + step) % len(batches)]
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if sync_every_step:
             total += loss.item()                       # waits for the device: a sync every step
-    else:
-        on_device = torch.zeros((), device=device)
-        for step in range(steps):
-            images, labels = batches[(first_step + step) % len(batches)]
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        else:
             on_device += loss.detach()                 # stays queued on the device
             if (step + 1) % log_every == 0:
-                logged = on_device.item()              # one sync per log_every steps  # noqa: F841
-        total = on_device.item()
+                total += on_device.item()              # one sync per log_every steps
+                on_device.zero_()
+    total += on_device.item()
     _synchronize(device)
     return time.perf_counter() - start, total
 
