@@ -53,8 +53,11 @@ def loss_for(name: str, class_counts: np.ndarray, config: TrainConfig, **loss_kw
 
 
 def train_baseline(name: str, splits: LTSplits, config: TrainConfig, backbone: str = "resnet10_tiny",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, resumable=None) -> dict:
     """Train the baseline ``name`` (a key of ``BASELINES``).
+
+    ``resumable`` (a :class:`ltcore.run.Resumable`): train with the train command's checkpointed, resumable loop
+    (:func:`ltcore.run.fit_resumable`) instead of :func:`ltcore.train.fit`, as the notebooks' full profile does.
 
     Returns a dict: ``row`` (results row), ``shots`` (:class:`~ltcore.metrics.ShotAccuracy`, with ``per_class``),
     ``predictions`` (:func:`~ltcore.train.predict` output on the test split), ``history`` and ``model``.
@@ -65,7 +68,13 @@ def train_baseline(name: str, splits: LTSplits, config: TrainConfig, backbone: s
     seed_everything(config.seed)  # the initial weights must not depend on what ran before in the process
     model = PlainClassifier(build_backbone(backbone, in_chans), splits.num_classes, BASELINES[name].normed_classifier)
     started = time.perf_counter()
-    history = fit(model, splits.train, loss_for(name, splits.class_counts, config), config, val_set=splits.val)
+    loss_fn = loss_for(name, splits.class_counts, config)
+    if resumable is None:
+        history = fit(model, splits.train, loss_fn, config, val_set=splits.val)
+    else:
+        from ltcore.run import fit_resumable
+
+        history = fit_resumable(model, splits, loss_fn, config, resumable)
     predictions = predict(model, splits.test, config.eval_batch_size, progress=progress)
     seconds = time.perf_counter() - started
     shots = evaluate(predictions, splits.class_counts)

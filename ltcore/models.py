@@ -91,6 +91,7 @@ TIMM_BACKBONES = {
     "resnet50": "resnet50",                  # IEM 4.2: "For iNaturalist, we train ResNet-50"
     "resnet152": "resnet152",                # IEM 4.2: "For Places-LT and SUN-LT, we leverage ResNet-152"
     "vit_b16": "vit_base_patch16_224",       # RAC 3.3: "we primarily use the ViT-B-16 variant"
+    "vit_ti16": "vit_tiny_patch16_224",      # not a paper setting: ViT-B-16's code path at 1/15 of its size (smoke run)
 }
 
 
@@ -112,7 +113,9 @@ class TimmBackbone(nn.Module):
             raise KeyError(f"unknown timm backbone {name!r}; known: {', '.join(TIMM_BACKBONES)}")
         options = dict(num_classes=0, in_chans=check_int("in_chans", in_chans, 1))
         self.is_vit = name.startswith("vit")
-        options.update(img_size=image_size) if self.is_vit else options.update(global_pool="")
+        # A ViT takes other input sizes by interpolating its position embeddings (timm's dynamic_img_size; at
+        # ``image_size`` nothing changes): the smoke run feeds it the fixtures' 64 px crops.
+        options.update(img_size=image_size, dynamic_img_size=True) if self.is_vit else options.update(global_pool="")
         try:
             self.net = timm.create_model(TIMM_BACKBONES[name], pretrained=pretrained, **options)
         except Exception as exc:  # the Hub unreachable, or no weights for these options

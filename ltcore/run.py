@@ -69,10 +69,12 @@ from ltcore.losses import build_loss
 from ltcore.metrics import shot_accuracy
 from ltcore.results import shot_row
 from ltcore.runconfig import ConfigError, RunConfig, iem_model_kwargs
-from ltcore.train import TrainConfig, check_finite_weights, default_optimizers, lr_at, optimization_step, predict
+from ltcore.train import (History, TrainConfig, check_finite_weights, default_optimizers, lr_at, optimization_step,
+                          predict)
 
-__all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "ItemSeeded", "Terminated", "build_model",
-           "epoch_loader", "single_threaded_worker", "train_run"]
+__all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "ItemSeeded", "Resumable", "Terminated", "build_model",
+           "epoch_loader", "fit_resumable", "notebook_run", "rac_settings", "retrieval_setup",
+           "single_threaded_worker", "train_config", "train_run"]
 
 RUN_FORMAT = "ltcore-run-v1"
 CHECKPOINT, METRICS, RESULTS = "last.pt", "metrics.jsonl", "results.json"
@@ -89,7 +91,9 @@ class Terminated(RuntimeError):
 
 def build_model(config: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The config's baseline or IEM model, freshly initialised from the current torch seed: ``PlainClassifier``
-    (baseline) or ``IEMClassifier`` (iem) over an ``ltcore.models`` backbone. (RAC: :func:`build_rac`.)"""
+    (baseline; with LDAM's cosine classifier under ``loss.name = "ldam_drw"``, as
+    :data:`ltcore.experiments.BASELINES`) or ``IEMClassifier`` (iem) over an ``ltcore.models`` backbone. (RAC:
+    :func:`build_rac`.)"""
     from ltcore.models import PlainClassifier, build_backbone
 
     backbone = build_backbone(config.model.backbone, in_chans, pretrained=config.model.pretrained)
@@ -97,7 +101,7 @@ def build_model(config: RunConfig, num_classes: int, in_chans: int) -> nn.Module
         from ltcore.iem.model import IEMClassifier
 
         return IEMClassifier(backbone, num_classes, **iem_model_kwargs(config.iem))
-    return PlainClassifier(backbone, num_classes)
+    return PlainClassifier(backbone, num_classes, config.loss.name == "ldam_drw")
 
 
 def build_rac(config: RunConfig, splits, progress: bool = True) -> tuple[nn.Module, dict]:
@@ -107,22 +111,42 @@ def build_rac(config: RunConfig, splits, progress: bool = True) -> tuple[nn.Modu
     checks that identity against its checkpoint."""
     import faiss
 
-    from ltcore.rac.train import RACSettings, build_rac_classifier, build_retrieval_setup
+    from ltcore.rac.train import build_rac_classifier
+
+    setup = retrieval_setup(config, splits, progress)
+    keys = np.ascontiguousarray(setup.embeddings["train"], dtype=np.float32)   # [N_train, D]
+    identity = {"factory": config.rac.index, "faiss": faiss.__version__,
+                "keys_sha256": hashlib.sha256(keys.tobytes()).hexdigest(), "keys": list(keys.shape)}
+    model = build_rac_classifier(splits, rac_settings(config), setup=setup, mode=config.rac.mode,
+                                 backbone=config.model.backbone, seed=config.seed, pretrained=config.model.pretrained)
+    return model, identity
+
+
+def rac_settings(config: RunConfig):
+    """The :class:`ltcore.rac.train.RACSettings` of a RAC config (the notebooks' full profile uses it too). With
+    ``rac.pretrained_encoders = false`` CLIP's T has random weights."""
+    from ltcore.rac.train import RACSettings
 
     rac, options = config.rac, config.loss.options
-    settings = RACSettings(text_encoder=rac.text_encoder, k=rac.k, drop_self=rac.drop_self,
-                           precompute=rac.precompute, train_transformer=rac.train_transformer,
-                           tau=options.get("tau", 1.0), label_smoothing=options.get("label_smoothing", 0.0),
-                           optimizer=config.optimizer.name, lr=config.optimizer.lr,
-                           weight_decay=config.optimizer.weight_decay, transformer_lr=rac.transformer_lr)
-    setup = build_retrieval_setup(splits, rac.image_encoder, rac.image_size,
-                                  index_kind="flat" if rac.index == "Flat" else "hnsw", progress=progress)
-    keys = np.ascontiguousarray(setup.embeddings["train"], dtype=np.float32)   # [N_train, D]
-    identity = {"factory": rac.index, "faiss": faiss.__version__,
-                "keys_sha256": hashlib.sha256(keys.tobytes()).hexdigest(), "keys": list(keys.shape)}
-    model = build_rac_classifier(splits, settings, setup=setup, mode=rac.mode, backbone=config.model.backbone,
-                                 seed=config.seed, pretrained=config.model.pretrained)
-    return model, identity
+    text_options = {"pretrained": None} if rac.text_encoder == "clip" and not rac.pretrained_encoders else {}
+    return RACSettings(text_encoder=rac.text_encoder, k=rac.k, drop_self=rac.drop_self, precompute=rac.precompute,
+                       train_transformer=rac.train_transformer, tau=options.get("tau", 1.0),
+                       label_smoothing=options.get("label_smoothing", 0.0), optimizer=config.optimizer.name,
+                       lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
+                       transformer_lr=rac.transformer_lr, text_options=text_options)
+
+
+def retrieval_setup(config: RunConfig, splits, progress: bool = True):
+    """E (pretrained unless ``rac.pretrained_encoders = false``), the index over the training keys and the splits'
+    embeddings for a RAC config (:func:`ltcore.rac.train.build_retrieval_setup`)."""
+    from ltcore.rac.image_encoders import build_image_encoder
+    from ltcore.rac.train import build_retrieval_setup
+
+    rac = config.rac
+    encoder = build_image_encoder(rac.image_encoder, pretrained=rac.pretrained_encoders, image_size=rac.image_size,
+                                  seed=config.seed)
+    return build_retrieval_setup(splits, encoder, index_kind="flat" if rac.index == "Flat" else "hnsw",
+                                 progress=progress)
 
 
 def train_config(config: RunConfig, progress: bool = False) -> TrainConfig:
@@ -166,51 +190,134 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
     """
     check_trainable(config)
     max_steps = None if max_steps is None else check_int("max_steps", max_steps, 1)
-    output = Path(output)
-    checkpoint = output / CHECKPOINT
-    if checkpoint.exists() and not resume:
-        raise FileExistsError(f"{output} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
-                              f"choose another --output folder")
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"--output {output} exists and is not a folder")
-    output.mkdir(parents=True, exist_ok=True)
-
+    output = _check_output(output, resume)
     trainer = train_config(config, progress)
-    device = get_device(config.device)
     generator = seed_everything(config.seed)
     splits = build_dataset(config.data.name, **config.data.options)
     if config.family == "rac":
         model, identity = build_rac(config, splits, progress)
     else:
         model, identity = build_model(config, splits.num_classes, splits.train[0][0].shape[0]), None
+    loss_fn = build_loss(config.loss.name, splits.class_counts, **loss_options(config, trainer))
+    started = time.perf_counter()
+    history, complete, steps = _fit(model, splits, loss_fn, trainer, config, output, identity, generator, max_steps,
+                                    resume)
+    device = get_device(config.device)
+    with _evaluating_on(model, "test"):
+        predictions = predict(model, splits.test, trainer.eval_batch_size, device, progress=progress)
+    shots = shot_accuracy(predictions["logits"].argmax(1), predictions["labels"], splits.class_counts)
+    record = {**shot_row(splits.name, config.name or config.family, shots, time.perf_counter() - started),
+              "steps": steps, "complete": complete}
+    atomic_write(output / RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumable:
+    """Train through the train command's loop into ``output`` as the run ``config`` (:func:`fit_resumable`).
+
+    The library's training functions (:func:`ltcore.experiments.train_baseline`, :func:`ltcore.iem.train.train_iem`,
+    :func:`ltcore.rac.train.train_rac`) take one as ``resumable=``: the notebooks' full profile trains the paper's
+    models that way, checkpointed and resumable like ``python -m ltcore train``, from the named config that sets
+    their sizes. ``config`` is checked against the checkpoint on resume and gives the seed, the checkpoint interval
+    and the loop switches; the model, the loss and the schedule are the caller's (``trainer``)."""
+
+    config: RunConfig
+    output: Path
+    max_steps: Optional[int] = None
+
+
+def notebook_run(name: str, config: RunConfig) -> Resumable:
+    """The :class:`Resumable` a notebook's full profile trains its run ``name`` as: into ``train/<name>`` under
+    the output folder (:func:`ltcore.paths.output_dir`: ``runs/<profile>/`` under ``reproduce``). Running the
+    notebook again continues every unfinished run from its last checkpoint and reloads the finished ones' weights
+    by training no further step."""
+    from ltcore.paths import output_dir
+
+    return Resumable(config, output_dir() / "train" / name)
+
+
+def fit_resumable(model: nn.Module, splits, loss_fn, trainer: TrainConfig, run: Resumable) -> History:
+    """Train ``model`` on ``splits.train`` with the train command's loop (checkpoints every
+    ``run.config.checkpoint_every`` steps and at every epoch's end into ``run.output/last.pt``, the metrics log,
+    SIGTERM handling, per-epoch validation on ``splits.val``), continuing from ``run.output/last.pt`` when it exists:
+    the same function :func:`train_run` trains with. Returns a :class:`~ltcore.train.History` read from the metrics
+    log (per epoch: the mean of the logged losses, the lr, ``val_top1``) and the training seconds of every process
+    that trained the run. ``trainer`` must have ``run.config``'s seed (the data order's)."""
+    if trainer.seed != run.config.seed:
+        raise ValueError(f"trainer seed {trainer.seed} differs from the run config's seed {run.config.seed} "
+                         f"({run.config.source or 'the config'}): set the config's seed to the run's")
+    output = _check_output(run.output, resume=True)
+    history, _, _ = _fit(model, splits, loss_fn, trainer, run.config, output, None, torch.Generator(),
+                         run.max_steps, resume=True)
+    return history
+
+
+def loss_options(config: RunConfig, trainer: TrainConfig) -> dict:
+    """The loss's options from the config; LDAM-DRW re-weights from 80% of the epochs on unless the config says
+    (as :func:`ltcore.experiments.loss_for`)."""
+    options = dict(config.loss.options)
+    if config.loss.name == "ldam_drw":
+        options.setdefault("drw_epoch", int(0.8 * trainer.epochs))
+    return options
+
+
+def _check_output(output, resume: bool) -> Path:
+    output = Path(output)
+    if (output / CHECKPOINT).exists() and not resume:
+        raise FileExistsError(f"{output} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
+                              f"choose another --output folder")
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} exists and is not a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def _fit(model, splits, loss_fn, trainer: TrainConfig, config: RunConfig, output: Path, identity: Optional[dict],
+         generator: torch.Generator, max_steps: Optional[int], resume: bool) -> tuple[History, bool, int]:
+    """Move ``model`` to the config's device, build its optimizers, restore ``output/last.pt`` if resuming, train
+    (:func:`_train`); returns the history, whether the schedule is complete, and the steps done."""
+    device = get_device(config.device)
     model = model.to(device)
     if config.loop.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizers = model.configure_optimizers(trainer) if hasattr(model, "configure_optimizers") \
         else default_optimizers(model, trainer)
-    loss_fn = build_loss(config.loss.name, splits.class_counts, **config.loss.options)
-    state = {"step": 0, "epoch": 0, "position": 0, "index": identity}
+    checkpoint = output / CHECKPOINT
+    state = {"step": 0, "epoch": 0, "position": 0, "index": identity, "seconds": 0.0}
     if resume and checkpoint.exists():
         state = _restore(checkpoint, config, model, optimizers, identity)
         _truncate_metrics(output / METRICS, state["step"])
         print(f"resumed from {checkpoint}: step {state['step']}, epoch {state['epoch'] + 1}, "
               f"{state['position']} batches of it done", flush=True)
-
-    started = time.perf_counter()
     if config.loop.compile:
         model.compile()  # in place: the state dict keeps its keys, so checkpoints do not depend on the switch
     if config.loop.autocast != "off" and device.type != "cuda":
         print(f"loop.autocast {config.loop.autocast!r} is for CUDA; training in float32 on {device}", flush=True)
+    state["started"] = time.perf_counter() - state["seconds"]
     with _sigterm_sets_flag() as terminated:
         complete = _train(model, optimizers, loss_fn, splits, trainer, config, output, state, generator, device,
                           max_steps, terminated)
-    with _evaluating_on(model, "test"):
-        predictions = predict(model, splits.test, trainer.eval_batch_size, device, progress=progress)
-    shots = shot_accuracy(predictions["logits"].argmax(1), predictions["labels"], splits.class_counts)
-    record = {**shot_row(splits.name, config.name or config.family, shots, time.perf_counter() - started),
-              "steps": state["step"], "complete": complete}
-    atomic_write(output / RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
-    return record
+    return _history(output / METRICS, time.perf_counter() - state["started"]), complete, state["step"]
+
+
+def _history(metrics: Path, seconds: float) -> History:
+    """Per epoch: the mean of the losses logged in it, its lr and validation accuracy (metrics log)."""
+    epochs: dict[int, dict] = {}
+    for line in metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []:
+        row = json.loads(line)
+        epoch = epochs.setdefault(row["epoch"], {"epoch": row["epoch"], "losses": []})
+        if "loss" in row:
+            epoch["losses"].append(row["loss"])
+            epoch["lr"] = row["lr"]
+        if "val_top1" in row:
+            epoch["val_top1"] = row["val_top1"]
+    rows = []
+    for number in sorted(epochs):
+        row = epochs[number]
+        losses = row.pop("losses")
+        rows.append({**row, "loss": float(np.mean(losses)) if losses else float("nan")})
+    return History(rows, seconds)
 
 
 def _train(model, optimizers, loss_fn, splits, trainer: TrainConfig, config: RunConfig, output: Path, state: dict,
@@ -364,7 +471,8 @@ def _save(path: Path, model, optimizers, state: dict, epoch: int, config: RunCon
     atomic_save({"format": RUN_FORMAT, "model": model.state_dict(),
                  "optimizers": [optimizer.state_dict() for optimizer in optimizers],
                  "step": state["step"], "epoch": epoch, "position": state["position"], "rng": _rng_state(),
-                 "config": _config_record(config), "index": state["index"]}, path)
+                 "config": _config_record(config), "index": state["index"],
+                 "seconds": time.perf_counter() - state["started"]}, path)
 
 
 def _restore(path: Path, config: RunConfig, model, optimizers, identity: Optional[dict]) -> dict:
@@ -392,8 +500,10 @@ def _restore(path: Path, config: RunConfig, model, optimizers, identity: Optiona
         _set_rng_state(saved["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{path} does not fit this run's model and optimizers: {exc}") from None
+    seconds = saved.get("seconds", 0.0)  # training seconds so far (absent from the first checkpoints' format)
     return {"step": check_int("step", saved["step"], 0), "epoch": check_int("epoch", saved["epoch"], 0),
-            "position": check_int("position", saved["position"], 0), "index": identity}
+            "position": check_int("position", saved["position"], 0), "index": identity,
+            "seconds": float(seconds) if isinstance(seconds, (int, float)) else 0.0}
 
 
 # ------------------------------------------------------------------------------------------ the log

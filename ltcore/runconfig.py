@@ -141,6 +141,7 @@ class RACConfig:
     drop_self: str = "first"
     mode: str = "rac"                              # "rac" | "base" | "retrieval" (Table 3's rows)
     transformer_lr: float = 5e-5
+    pretrained_encoders: bool = True               # False: E and CLIP's T with random weights (the smoke run)
 
 
 AUTOCAST = ("off", "bf16")

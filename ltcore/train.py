@@ -212,13 +212,14 @@ def optimization_step(model: nn.Module, optimizers: list, images: torch.Tensor, 
         loss = model.training_step(images, labels, indices, loss_fn, epoch)
     else:
         loss = call_loss(loss_fn, _output_logits(model(images)), labels, epoch)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()} at {where}; lower the lr")
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # One device synchronisation per step: the loss's and every gradient's finiteness read together.
     gradients = [p.grad for p in model.parameters() if p.grad is not None]
-    if gradients and not bool(torch.stack([torch.isfinite(g).all() for g in gradients]).all()):
+    if not bool(torch.stack([torch.isfinite(loss.detach())] + [torch.isfinite(g).all() for g in gradients]).all()):
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at {where}; lower the lr")
         name = next(name for name, p in model.named_parameters()
                     if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
         raise FloatingPointError(f"the gradient of {name} became non-finite at {where} (the loss was "

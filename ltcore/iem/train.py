@@ -115,7 +115,8 @@ def rewrite_memories(model: IEMClassifier, dataset: Dataset, batch_size: int = 5
 
 def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = None, *, variant: str = "tiny",
               open_set: Optional[Dataset] = None, open_threshold: float = 0.5, method: Optional[str] = None,
-              progress: bool = True, validate: bool = False, final_rewrite: bool = False, **iem_settings) -> dict:
+              progress: bool = True, validate: bool = False, final_rewrite: bool = False, resumable=None,
+              **iem_settings) -> dict:
     """Train IEM (``ablation=None``) or one of Table 5's ablations ("no_rsa", "no_local", "no_global") on
     ``splits`` and score it (module docstring: the recipe).
 
@@ -125,6 +126,9 @@ def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = N
     the row has no open-set columns. ``method`` names the row (default: Table 5's name, "IEM", "w/o RSA", ...).
     ``validate``: score ``splits.val`` after every epoch (``val_top1`` in the history). ``final_rewrite``: our
     variant, :func:`rewrite_memories` on the un-augmented training split after training (counted in ``seconds``).
+    ``resumable`` (a :class:`ltcore.run.Resumable`): train with the train command's checkpointed, resumable loop
+    (:func:`ltcore.run.fit_resumable`, which validates every epoch) instead of :func:`ltcore.train.fit`, as the
+    notebooks' full profile does.
 
     Returns a dict: ``row`` (results row, :func:`open_set_result_row` with ``epochs``, or a closed-set
     :func:`ltcore.results.shot_row`), ``shots`` (branch -> :class:`~ltcore.metrics.ShotAccuracy` with
@@ -138,8 +142,13 @@ def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = N
     seed_everything(config.seed)  # the initial weights must not depend on what ran before in the process
     model = build_iem(variant, splits.num_classes, ablation=ablation, in_chans=in_chans, **iem_settings)
     started = time.perf_counter()
-    history = fit(model, splits.train, build_loss("ce", splits.class_counts), config,
-                  val_set=splits.val if validate else None)
+    if resumable is None:
+        history = fit(model, splits.train, build_loss("ce", splits.class_counts), config,
+                      val_set=splits.val if validate else None)
+    else:
+        from ltcore.run import fit_resumable
+
+        history = fit_resumable(model, splits, build_loss("ce", splits.class_counts), config, resumable)
     if final_rewrite:
         rewrite_memories(model, evaluation_view(splits.train, splits.test), config.eval_batch_size)
     predictions = predict(model, splits.test, config.eval_batch_size, progress=progress)

@@ -163,6 +163,8 @@ IMAGE_ENCODERS: dict[str, EncoderSpec] = {
         "vit_base_patch16_224.augreg_in21k", "timm", "ViT-B/16 pretrained on ImageNet-21k [45]: the paper's E",
     ),
     "vit_b32_in21k": EncoderSpec("vit_base_patch32_224.augreg_in21k", "timm", "ViT-B/32, ImageNet-21k (Table 4)"),
+    "vit_ti16": EncoderSpec("vit_tiny_patch16_224.augreg_in21k", "timm",
+                            "ViT-Ti/16, ImageNet-21k: not a paper setting, the ViT path small (the smoke run)"),
     "resnet50": EncoderSpec("resnet50", "timm", "ResNet-50, ImageNet-1k (Table 4)"),
     "resnet152d": EncoderSpec("resnet152d", "timm", "ResNet-152d, ImageNet-1k (Table 4)"),
 }

@@ -362,6 +362,8 @@ def train_rac(
     backbone: str = "resnet10_tiny",
     method: Optional[str] = None,
     progress: bool = True,
+    pretrained: bool = False,
+    resumable=None,
 ) -> dict:
     """Train a RAC model (or one of its branches alone) under LACE and score every branch on the test split.
 
@@ -375,9 +377,13 @@ def train_rac(
     ``k``, ``text_encoder`` and ``text_encoder_mode`` (how T ran, :attr:`RACClassifier.text_encoder_mode`; None
     in "base" mode), ``optimizer`` and ``retrieval_seconds``. ``seconds`` in the rows is training plus test
     prediction, as in :func:`ltcore.experiments.train_baseline`; ``retrieval_seconds`` is this run's one-off
-    precomputation (the set-up's embedding and indexing time is ``setup.seconds``).
+    precomputation (the set-up's embedding and indexing time is ``setup.seconds``). ``pretrained``: B's pretrained
+    weights (:func:`build_rac_classifier`). ``resumable`` (a
+    :class:`ltcore.run.Resumable`): train with the train command's checkpointed, resumable loop
+    (:func:`ltcore.run.fit_resumable`) instead of :func:`ltcore.train.fit`, as the notebooks' full profile does.
     """
-    classifier = build_rac_classifier(splits, settings, setup=setup, mode=mode, backbone=backbone, seed=config.seed)
+    classifier = build_rac_classifier(splits, settings, setup=setup, mode=mode, backbone=backbone, seed=config.seed,
+                                      pretrained=pretrained)
     loss_fn = settings.loss(splits.class_counts)
     tables = classifier.neighbour_tables
     val_set = splits.val if splits.val is not None and (not tables or "val" in tables) else None
@@ -385,8 +391,13 @@ def train_rac(
         raise ValueError("the retrieval set-up has no test embeddings (embed_splits must contain 'test')")
     config = settings.train_config(config)
     started = time.perf_counter()
-    with classifier.evaluating_on("val"):
-        history = fit(classifier, splits.train, loss_fn, config, val_set=val_set)
+    if resumable is None:
+        with classifier.evaluating_on("val"):
+            history = fit(classifier, splits.train, loss_fn, config, val_set=val_set)
+    else:
+        from ltcore.run import fit_resumable
+
+        history = fit_resumable(classifier, replace(splits, val=val_set), loss_fn, config, resumable)
     with classifier.evaluating_on("test"):
         predictions = predict(classifier, splits.test, config.eval_batch_size, progress=progress)
     seconds = time.perf_counter() - started
