@@ -16,7 +16,7 @@ else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup data reproduce notebooks test test-fast test-notebooks test-slow bench lab clean
+.PHONY: setup data reproduce notebooks test test-fast test-notebooks test-slow smoke bench lab clean
 
 setup: $(STAMP) data
 
@@ -44,6 +44,12 @@ PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 
 test: setup
 	$(PYTEST) tests notebooks
+	$(MAKE) --no-print-directory smoke
+
+# Every notebook's full-profile path on fixture datasets of the real formats (README, "What the smoke run proves").
+smoke: setup
+	rm -rf runs/smoke
+	TQDM_DISABLE=1 $(PY) -m ltcore reproduce --profile smoke
 
 test-fast: setup
 	$(PYTEST) tests

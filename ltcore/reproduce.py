@@ -3,8 +3,11 @@
 A profile is a set of papermill parameter overrides per notebook (``"*"`` applies to
 all). ``quick`` runs each notebook's own CPU-sized defaults; ``full`` passes the
 paper-sized settings and the real datasets to the same notebooks, for GPU
-clusters. Overrides are checked against each notebook's ``parameters`` cell: an
-unknown name is an error, not a silently ignored setting.
+clusters; ``smoke`` runs the full profile's code on fixture datasets of the real
+formats, written first into ``runs/smoke/fixtures/``, with the named configs
+scaled down (:data:`SMOKE_OVERRIDES`; ``make test`` ends with it). Overrides are
+checked against each notebook's ``parameters`` cell: an unknown name is an error,
+not a silently ignored setting.
 
 ``python -m ltcore reproduce --profile quick`` (what ``make reproduce`` runs)
 executes the notebooks in order into ``runs/<profile>/`` (their figures and

@@ -242,7 +242,8 @@ def fit_resumable(model: nn.Module, splits, loss_fn, trainer: TrainConfig, run: 
     ``run.config.checkpoint_every`` steps and at every epoch's end into ``run.output/last.pt``, the metrics log,
     SIGTERM handling, per-epoch validation on ``splits.val``), continuing from ``run.output/last.pt`` when it exists:
     the same function :func:`train_run` trains with. Returns a :class:`~ltcore.train.History` read from the metrics
-    log (per epoch: the mean of the logged losses, the lr, ``val_top1``) and the training seconds of every process
+    log (per epoch: the mean of the losses logged in it, NaN if ``loop.log_every`` logged none, the lr,
+    ``val_top1``) and the training seconds of every process
     that trained the run. ``trainer`` must have ``run.config``'s seed (the data order's)."""
     if trainer.seed != run.config.seed:
         raise ValueError(f"trainer seed {trainer.seed} differs from the run config's seed {run.config.seed} "

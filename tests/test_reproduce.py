@@ -212,3 +212,38 @@ def test_notebooks_waiting_for_each_other_in_a_cycle_are_an_error(tmp_path):
     runs = [(nb, tmp_path / nb.name, {}) for nb in sorted(tmp_path.glob("*.ipynb"))]
     with pytest.raises(ValueError, match=r"wait for each other in a cycle: \['01_a.ipynb', '02_b.ipynb'\]"):
         rep.start_order(runs)
+
+
+def test_the_smoke_profile_points_every_full_path_at_its_fixtures_and_checks_every_parameter(tmp_path):
+    plan = rep.plan_runs("smoke", output_dir=tmp_path / "smoke")
+    stems = [notebook.stem[:2] for notebook, _, _ in plan.runs]
+    assert stems == ["01", "02", "03", "04", "05", "06", "07"]   # 08 has no full path (module comment)
+    assert plan.fixtures == {format: (tmp_path / "smoke" / "fixtures" / format).resolve()
+                             for format in ("imagenet_lt", "places_lt")}
+    assert plan.environment == {"LTCORE_CACHE": f"{(tmp_path / 'smoke').resolve().as_posix()}/cache"}
+    for notebook, output, parameters in plan.runs:
+        assert parameters["PROFILE"] == "full" and output == tmp_path / "smoke" / notebook.name
+        for item in parameters.get("FULL_SET", []):
+            assert "{fixtures}" not in item
+    options = next(item for item in dict((n.stem[:2], p) for n, _, p in plan.runs)["06"]["FULL_SET"]
+                   if item.startswith("data.options="))
+    assert f'root = "{(tmp_path / "smoke" / "fixtures" / "imagenet_lt").resolve().as_posix()}"' in options
+
+
+def test_the_smoke_profiles_overrides_load_as_the_named_configs_they_scale_down(tmp_path):
+    from ltcore.runconfig import load_config
+
+    plan = rep.plan_runs("smoke", output_dir=tmp_path / "smoke")
+    by_stem = {notebook.stem[:2]: parameters for notebook, _, parameters in plan.runs}
+    configs = {"01": "baseline-imagenet-lt", "03": "iem-imagenet-lt", "04": "rac-places-lt", "05": "rac-places-lt",
+               "06": "iem-imagenet-lt", "07": "rac-places-lt"}
+    for stem, name in configs.items():
+        config = load_config(name, by_stem[stem]["FULL_SET"])   # a bad key or value would raise, naming it
+        assert config.data.options["num_classes"] == 6
+
+
+def test_a_fixture_profile_cannot_rewrite_the_committed_notebooks(tmp_path):
+    with pytest.raises(ValueError, match="--inplace"):
+        rep.plan_runs("smoke", inplace=True)
+    with pytest.raises(FileNotFoundError, match="runs only notebooks"):
+        rep.plan_runs("smoke", output_dir=tmp_path, only=["08"])
