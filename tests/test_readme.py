@@ -28,3 +28,13 @@ def test_render_writes_the_claims_table_from_claims_json(tmp_path):
     text = render("<!-- results:claims claim verdict -->\n<!-- /results -->\n", tmp_path)
     assert text == ("<!-- results:claims claim verdict -->\n| claim | verdict |\n|---|---|\n"
                     "| RAC-k | **reproduced** |\n<!-- /results -->\n")
+
+
+def test_render_writes_a_captions_verdicts_from_claims_json(tmp_path):
+    from ltcore.claims import CLAIMS, evaluate_claim, write_claims
+
+    runs = [{"seed": seed, "permutation": p} for p in range(3) for seed in range(5)]
+    write_claims([evaluate_claim(CLAIMS["RAC-k"], [float(v) for v in range(60, 75)], [50.0] * 15, runs)], tmp_path)
+    text = render("caption\n<!-- verdicts:RAC-k -->\nstale sentence\n<!-- /verdicts -->\n", tmp_path)
+    body = text.split("-->\n", 1)[1].split("<!-- /verdicts")[0]
+    assert body.startswith("* **RAC-k**") and "reproduced" in body and "stale" not in body
