@@ -4,7 +4,7 @@
 - ``bench memory|index|rac|data [args]``: the speed benchmarks (ratios measured in one run).
 - ``data fetch NAME`` / ``data list``: install or locate a dataset.
 - ``data make-fixture FORMAT DIR [--classes C] [--max-per-class N] [--seed S]``: write a small long-tailed dataset in
-  a real dataset's on-disk format (``ltcore.data.fixtures``).
+  a real dataset's on-disk format (``ltcore.data.fixtures``; ``youtube8m``: ``ltcore.data.youtube8m``).
 - ``readme``: rewrite the README's results tables from ``results/*.json``.
 - ``plan --config NAME`` / ``train --config NAME --output DIR [--max-steps N] [--resume] [--set K=V ...]``:
   what a run needs; a resumable training run (``ltcore.plan``, ``ltcore.run``).
@@ -78,10 +78,12 @@ def build_parser() -> OneLineParser:
     data_actions.add_parser("list")
     fixture = data_actions.add_parser("make-fixture", help="write a small long-tailed dataset in a real format")
     fixture.add_argument("format", metavar="FORMAT",
-                         help="imagenet_lt, places_lt, sun_lt, inat2018, cifar10 or cifar100")
+                         help="imagenet_lt, places_lt, sun_lt, inat2018, cifar10, cifar100 or youtube8m")
     fixture.add_argument("dir", metavar="DIR", help="a new or empty folder")
     fixture.add_argument("--classes", type=int, default=None, help="default 12; CIFAR: 10 or 100")
-    fixture.add_argument("--max-per-class", type=int, default=20, help="training images of the head class")
+    fixture.add_argument("--max-per-class", type=int, default=20,
+                         help="training images of the head class (youtube8m: videos of the head label, of twice "
+                              "as many training videos)")
     fixture.add_argument("--seed", type=int, default=0)
     plan = sub.add_parser("plan", help="what a run of a config needs, and whether it fits (exit 0: fits, 1: does not)",
                           description="Print what a run of a config needs (parameters, activations, IEM memories, "
@@ -192,6 +194,16 @@ def main(argv=None) -> int:
         if args.action == "list":
             for entry in DATASETS.values():
                 print(f"{entry.name:18s} {entry.description}\n{'':18s} get: {entry.how_to_get}")
+        elif args.action == "make-fixture" and args.format == "youtube8m":
+            from ltcore.data.youtube8m import describe_youtube8m_fixture, make_youtube8m_fixture
+
+            size = dict(videos=2 * args.max_per_class, classes=12 if args.classes is None else args.classes)
+            try:  # the head label is on max_per_class of the 2 * max_per_class training videos
+                root = make_youtube8m_fixture(args.dir, **size, seed=args.seed)
+            except (ValueError, OSError) as exc:
+                parser.error(str(exc))
+            print(f"wrote the youtube8m fixture (seed {args.seed}) to {root}")
+            print(describe_youtube8m_fixture(root, **size))
         elif args.action == "make-fixture":
             from ltcore.data.fixtures import describe_fixture, make_fixture
 

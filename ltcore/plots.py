@@ -1,9 +1,7 @@
 """Plots shared by the notebooks: class-count distributions, shot-group bars, per-class accuracy (bars per
-class, a dot per run), learning curves, confusion matrices, image grids, and the memory benchmark's speed-ups
-against their ceiling.
+class, a dot per run), learning curves, confusion matrices and image grids.
 
-Taught in notebooks 01 (distributions, baselines), 02 (memory speed), 05 (per-branch accuracy) and
-06 (IEM results).
+Taught in notebooks 01 (distributions, baselines, errors), 05 (per-branch accuracy) and 06 (IEM results).
 """
 from __future__ import annotations
 
@@ -11,7 +9,6 @@ from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 SHOT_COLUMNS = ("many", "medium", "few", "overall")
 
@@ -30,8 +27,9 @@ def plot_class_counts(counts: Mapping[str, Sequence[int]], many_thr: int = 100, 
         values = np.sort(np.asarray(values))[::-1]
         ax_log.loglog(np.arange(1, len(values) + 1), values, marker="." if len(values) <= 100 else None, label=name)
     for ax in (ax_bar, ax_log):
-        ax.axhline(many_thr, color="gray", ls="--", lw=0.8)
-        ax.axhline(few_thr, color="gray", ls=":", lw=0.8)
+        ax.axhline(many_thr, color="gray", ls="--", lw=0.8, label=f"many-shot: more than {many_thr}")
+        ax.axhline(few_thr, color="gray", ls=":", lw=0.8, label=f"few-shot: fewer than {few_thr}")
+    ax_bar.legend(fontsize=8)
     ax_log.set(title="rank vs count (log-log)", xlabel="class rank", ylabel="train images")
     ax_log.legend(fontsize=8)
     fig.tight_layout()
@@ -84,12 +82,15 @@ def plot_per_class_accuracy(per_class: Mapping[str, np.ndarray], class_counts: n
     runs = {name: np.atleast_2d(100 * np.asarray(values, dtype=float))[:, order] for name, values in per_class.items()}
     x = np.arange(n)
     if n <= 30:
-        fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * n * max(1, len(runs)) ** 0.5 + 3), 4.2))
+        fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 0.5 * n * max(1, len(runs)) ** 0.5 + 3)), 4.2))
         width = 0.8 / max(len(runs), 1)
         for i, (name, values) in enumerate(runs.items()):
             offset = x - 0.4 + width * (i + 0.5)
             bars = ax.bar(offset, values.mean(0), width, label=name if len(values) == 1 else f"{name} (mean of "
                           f"{len(values)} runs, dots: each run)")
+            # a bar at 0% is invisible: label it, so that a missing bar never reads as a missing model
+            ax.bar_label(bars, ["0" if value == 0 else "" for value in values.mean(0)], fontsize=8,
+                         color=bars.patches[0].get_facecolor())
             if len(values) > 1:
                 for run in values:
                     ax.plot(offset, run, "o", ms=3, color="black", alpha=0.6)
@@ -196,35 +197,5 @@ def plot_image_grid(dataset, class_names: Sequence[str], class_counts: np.ndarra
                                 fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-def plot_speedup_ceiling(reads: Sequence[dict], target: float):
-    """Speed-up of ``read_all`` over the per-class loop beside its ceiling, per benchmark set-up (log scale).
-
-    ``reads`` are the ``read_all`` rows of :func:`ltcore.benchmarks.memory.main`; the ceiling is the
-    loop's time over that of the bare query-key product, the most any exact brute-force read could gain.
-    The dashed line is the ``target`` speed-up.
-    """
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    positions = np.arange(len(reads))
-    labels = [f"{r['classes']} banks, {r['slots'] // r['classes']} slots\nD {r['dim']}, {r['queries']} queries"
-              for r in reads]
-    speedups, ceilings = [r["speedup_vs_loop"] for r in reads], [r["ceiling_vs_loop"] for r in reads]
-    for offset, values, style in ((-0.2, speedups, dict(label="read_all: loop time / read_all time")),
-                                  (0.2, ceilings, dict(color="lightgray", edgecolor="gray",
-                                                       label="ceiling: loop time / product time"))):
-        bars = ax.bar(positions + offset, values, 0.4, **style)
-        ax.bar_label(bars, [f"{v:.1f}x" for v in values], fontsize=8)
-    ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:g}x")
-    ax.set_yscale("log")
-    ax.set_ylim(1, 3 * max(ceilings + [target]))                  # 1x: as fast as the loop
-    ax.yaxis.set_major_locator(FixedLocator([1, 3, 10, 30, 100, 300, 1000]))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xticks(positions, labels, fontsize=8)
-    ax.set(ylabel="times faster than the loop", title="Batched read_all against a per-class loop")
-    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig

@@ -674,19 +674,6 @@ def test_quick_benchmark_runs_and_agrees_with_the_loop(capsys):
     assert len(results["targets"]) == 3
 
 
-def test_speedup_plot_draws_each_set_up_beside_its_ceiling():
-    import matplotlib
-    matplotlib.use("Agg")
-    from ltcore.plots import plot_speedup_ceiling
-    reads = [dict(classes=20, slots=4000, dim=32, queries=64, speedup_vs_loop=1.4, ceiling_vs_loop=19.7),
-             dict(classes=200, slots=6400, dim=32, queries=4, speedup_vs_loop=8.5, ceiling_vs_loop=47.2)]
-    fig = plot_speedup_ceiling(reads, 30)
-    ax = fig.axes[0]
-    assert [round(bar.get_height(), 1) for bar in ax.patches] == [1.4, 8.5, 19.7, 47.2]
-    assert ax.get_lines()[0].get_ydata()[0] == 30 and ax.get_yscale() == "log"
-    assert [label.get_text() for label in ax.get_xticklabels()][1] == "200 banks, 32 slots\nD 32, 4 queries"
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
 def test_benchmark_on_a_missing_gpu_is_a_clear_error(capsys):
     from ltcore.benchmarks.memory import main

@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 from ltcore.iem.plots import (kernel_groups, plot_partition, plot_region_attention, region_attention_map,  # noqa: E402
-                              uniform_attention_map)
+                              top_weight_labels, uniform_attention_map)
 from ltcore.iem.rsa import region_kernels, region_partition  # noqa: E402
 
 
@@ -53,3 +53,24 @@ def test_region_attention_figure_draws_three_rows_per_image():
     assert len(image_axes) >= 6  # boxes, attention mass and mass / uniform for each of the two images
     boxes = [ax for ax in fig.axes if ax.get_title() in ("a", "b")]
     assert [len(ax.patches) for ax in boxes] == [2, 2]  # the top-2 regions of each image
+
+
+def test_top_weight_labels_tell_the_shown_weights_apart_or_call_a_tie():
+    weights = torch.tensor([0.2, 0.3, 0.25, 0.25])  # R = 4, uniform 0.25
+    order, labels, tied = top_weight_labels(weights, 2)
+    assert order.tolist() == [1, 2] and labels == ["1.20", "1.00"] and not tied
+    close = torch.tensor([0.24988, 0.25004, 0.25, 0.25008])  # in units of 1/R: 1.00032 and 1.00016 on top
+    _, labels, tied = top_weight_labels(close, 2)
+    assert tied and labels == ["1.0003", "1.0002"]  # within 2%: a tie, shown with the decimals that separate them
+
+
+def test_region_attention_figure_says_tie_when_the_ranking_is_flat():
+    regions = region_partition(3, 3, 2, 2)
+    images = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    flat = torch.full((1, len(regions)), 1.0 / len(regions))
+    fig = plot_region_attention(images, flat, regions, (3, 3), titles=["a"], top_k=3, title="flat")
+    box = next(ax for ax in fig.axes if ax.get_title() == "a")
+    assert box.get_xlabel().startswith("tie within 2%")
+    assert fig._suptitle.get_text() == "flat"
+    texts = [box.title, box.xaxis.label] + [ax.yaxis.label for ax in fig.axes if ax.get_ylabel()]
+    assert min(text.get_fontsize() for text in texts) >= 8

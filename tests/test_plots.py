@@ -57,3 +57,8 @@ def test_the_image_grid_has_a_row_per_class_head_first_labelled_with_its_count()
     fig = plot_image_grid(dataset, ["a", "b", "c"], np.array([2, 3, 2]), per_class=2)
     labels = [ax.get_ylabel() for ax in fig.axes[::2]]
     assert labels == ["b\n3 images", "a\n2 images", "c\n2 images"]
+
+
+def test_a_bar_at_zero_is_labelled_so_it_does_not_read_as_missing():
+    fig = plot_per_class_accuracy({"m": np.array([0.0, 0.5])}, np.array([10, 5]), class_names=["a", "b"])
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0", ""]

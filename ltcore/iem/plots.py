@@ -100,14 +100,33 @@ def uniform_attention_map(regions: Tensor, H: int, W: int) -> Tensor:
     return region_attention_map(torch.full((1, len(regions)), 1.0 / len(regions)), regions, H, W)[0]  # (H, W)
 
 
+def top_weight_labels(weights: Tensor, top_k: int, tie_tolerance: float = 0.02) -> tuple[Tensor, list[str], bool]:
+    """The top_k regions of one image's weights [R], their weights as labels in units of the uniform weight 1/R
+    (1.00 = uniform), and whether the ranking is a tie: the k-th weight within ``tie_tolerance`` (relative) of
+    the first. Labels get as many decimals (2 to 4) as it takes to tell the shown weights apart."""
+    weights = weights.detach().cpu().double()
+    order = weights.argsort(descending=True)[:top_k]  # (k,)
+    relative = (weights[order] * len(weights)).tolist()  # in units of 1/R
+    for decimals in (2, 3, 4):
+        labels = [f"{value:.{decimals}f}" for value in relative]
+        if len(set(labels)) == len(labels):
+            break
+    tied = relative[-1] >= (1.0 - tie_tolerance) * relative[0]
+    return order, labels, tied
+
+
 def plot_region_attention(images: Tensor, weights: Tensor, regions: Tensor, map_size: tuple[int, int],
-                          titles: Sequence[str] = (), top_k: int = 3) -> plt.Figure:
+                          titles: Sequence[str] = (), top_k: int = 3, tie_tolerance: float = 0.02,
+                          title: str = "") -> plt.Figure:
     """Attention over regions on images [N, C, H_img, W_img]; weights [N, R]; regions [R, 4] on a map_size map.
 
-    Row 1: the image with its top_k regions (rectangles, thicker = heavier, weights below).
+    Row 1: the image with its top_k regions (rectangles, thicker = heavier) and, under it, their weights in units
+    of the uniform weight 1/R (:func:`top_weight_labels`). When the k-th weight is within ``tie_tolerance`` of the
+    first, the ranking says nothing: the rectangles are drawn alike (dashed) and the text says "tie within ..." (else "ranked").
     Row 2: the attention mass per cell (:func:`region_attention_map`), upsampled (nearest) to the image.
     Row 3: that mass divided by the mass under uniform attention (:func:`uniform_attention_map`), centred
     on 1, which removes the pattern that region coverage alone gives (more regions contain a central cell).
+    ``title`` goes above the figure. All text is at least 8 pt.
     """
     H, W = map_size
     weights = weights.detach().cpu()
@@ -120,7 +139,7 @@ def plot_region_attention(images: Tensor, weights: Tensor, regions: Tensor, map_
     mass_pixels, relative_pixels = upsample(mass), upsample(relative)
     scale = images.shape[-1] / W  # image pixels per feature-map cell
     count = len(images)
-    fig, axes = plt.subplots(3, count, figsize=(1.6 * count + 0.6, 5.6), squeeze=False)
+    fig, axes = plt.subplots(3, count, figsize=(1.9 * count + 1.2, 6.8), squeeze=False)
     overlays = [(mass_pixels, dict(cmap="inferno", vmin=0, vmax=float(mass.max()))),
                 (relative_pixels, dict(cmap="coolwarm", norm=TwoSlopeNorm(1.0, min(float(relative.min()), 0.99),
                                                                            max(float(relative.max()), 1.01))))]
@@ -128,23 +147,28 @@ def plot_region_attention(images: Tensor, weights: Tensor, regions: Tensor, map_
         picture = _display_image(images[i])
         box_ax, mass_ax, relative_ax = axes[:, i]
         box_ax.imshow(picture, cmap="gray")
-        order = weights[i].argsort(descending=True)[:top_k]
+        order, labels, tied = top_weight_labels(weights[i], top_k, tie_tolerance)
         for rank, region in enumerate(order.tolist()):
             box_ax.add_patch(_region_patch(regions[region], scale, fill=False, ec=TOP_COLORS[rank % len(TOP_COLORS)],
-                                           lw=3.0 - 0.7 * rank, label=f"{float(weights[i, region]):.3f}"))
-        box_ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=top_k, fontsize=6, frameon=False,
-                      handlelength=0.8, columnspacing=0.5)
+                                           lw=1.8 if tied else 3.0 - 0.7 * rank, ls="--" if tied else "-"))
+        box_ax.set_xlabel(("tie within " + f"{tie_tolerance:.0%}" if tied else "ranked") + "\n" + ", ".join(labels),
+                          fontsize=8, labelpad=2)
         for ax, (pixels, style) in zip((mass_ax, relative_ax), overlays):
             ax.imshow(picture, cmap="gray")
             ax.imshow(pixels[i], alpha=0.65, **style)
         if i < len(titles):
-            box_ax.set_title(titles[i], fontsize=7)
+            box_ax.set_title(titles[i], fontsize=8)
         for ax in axes[:, i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    for row in (1, 2):  # one colour bar per overlay row
-        fig.colorbar(axes[row, -1].images[-1], ax=axes[row, :].tolist(), fraction=0.02, pad=0.01)
-    axes[0, 0].set_ylabel(f"top-{top_k} regions", fontsize=8)
-    axes[1, 0].set_ylabel("attention mass", fontsize=8)
-    axes[2, 0].set_ylabel("mass / uniform", fontsize=8)
+    for row, label in ((1, "summed weight"), (2, "ratio to uniform")):
+        bar = fig.colorbar(axes[row, -1].images[-1], ax=axes[row, :].tolist(), fraction=0.02, pad=0.01)
+        bar.ax.tick_params(labelsize=8)
+        bar.set_label(label, fontsize=8)
+    axes[0, 0].set_ylabel(f"top-{top_k} regions\n(weight x R)", fontsize=9)
+    axes[1, 0].set_ylabel("attention mass", fontsize=9)
+    axes[2, 0].set_ylabel("mass / uniform", fontsize=9)
+    fig.suptitle(title or f"Attention over {len(regions)} regions: heaviest regions (weights in units of the "
+                          f"uniform 1/R; 'tie': top {top_k} within {tie_tolerance:.0%}), mass per cell, and mass "
+                          f"against uniform weights", fontsize=10)
     return fig
