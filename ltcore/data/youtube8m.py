@@ -224,12 +224,17 @@ def parse_labels(features, where: str) -> list[int]:
     return labels
 
 
-def parse_video_record(data: bytes) -> dict:
-    example = example_pb2.Example()
+def parse_message(message, data: bytes, name: str):
+    """``message`` (an empty proto) filled from ``data``; data that is not a ``name`` is a :class:`RecordProblem`."""
     try:
-        example.ParseFromString(data)
+        message.ParseFromString(data)
     except DecodeError as exc:
-        raise RecordProblem(f"not a tf.train.Example ({exc})") from None
+        raise RecordProblem(f"not a {name} ({exc})") from None
+    return message
+
+
+def parse_video_record(data: bytes) -> dict:
+    example = parse_message(example_pb2.Example(), data, "tf.train.Example")
     features = example.features.feature
     video = {"id": parse_id(features, "example"), "labels": parse_labels(features, "example")}
     for name, key, size in (("rgb", "mean_rgb", RGB_SIZE), ("audio", "mean_audio", AUDIO_SIZE)):
@@ -241,11 +246,7 @@ def parse_video_record(data: bytes) -> dict:
 
 
 def parse_frame_record(data: bytes) -> dict:
-    sequence = example_pb2.SequenceExample()
-    try:
-        sequence.ParseFromString(data)
-    except DecodeError as exc:
-        raise RecordProblem(f"not a tf.train.SequenceExample ({exc})") from None
+    sequence = parse_message(example_pb2.SequenceExample(), data, "tf.train.SequenceExample")
     context = sequence.context.feature
     video = {"id": parse_id(context, "context"), "labels": parse_labels(context, "context")}
     lists = sequence.feature_lists.feature_list
