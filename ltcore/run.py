@@ -200,8 +200,7 @@ def train_run(config: RunConfig, output: str | os.PathLike, *, max_steps: Option
         model, identity = build_model(config, splits.num_classes, splits.train[0][0].shape[0]), None
     loss_fn = build_loss(config.loss.name, splits.class_counts, **loss_options(config, trainer))
     started = time.perf_counter()
-    history, complete, steps = _fit(model, splits, loss_fn, trainer, config, output, identity, generator, max_steps,
-                                    resume)
+    _, complete, steps = _fit(model, splits, loss_fn, trainer, config, output, identity, generator, max_steps, resume)
     device = get_device(config.device)
     with _evaluating_on(model, "test"):
         predictions = predict(model, splits.test, trainer.eval_batch_size, device, progress=progress)
@@ -243,8 +242,8 @@ def fit_resumable(model: nn.Module, splits, loss_fn, trainer: TrainConfig, run: 
     SIGTERM handling, per-epoch validation on ``splits.val``), continuing from ``run.output/last.pt`` when it exists:
     the same function :func:`train_run` trains with. Returns a :class:`~ltcore.train.History` read from the metrics
     log (per epoch: the mean of the losses logged in it, NaN if ``loop.log_every`` logged none, the lr,
-    ``val_top1``) and the training seconds of every process
-    that trained the run. ``trainer`` must have ``run.config``'s seed (the data order's)."""
+    ``val_top1``) and the training seconds of every process that trained the run. ``trainer`` must have
+    ``run.config``'s seed (the data order's)."""
     if trainer.seed != run.config.seed:
         raise ValueError(f"trainer seed {trainer.seed} differs from the run config's seed {run.config.seed} "
                          f"({run.config.source or 'the config'}): set the config's seed to the run's")
