@@ -20,7 +20,8 @@ from ltcore.losses import build_loss
 from ltcore.metrics import shot_accuracy
 from ltcore.models import PlainClassifier, build_backbone
 from ltcore.results import shot_row
-from ltcore.train import TrainConfig, fit, predict
+from ltcore.run import fit_or_resume
+from ltcore.train import TrainConfig, predict
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,7 @@ def train_baseline(name: str, splits: LTSplits, config: TrainConfig, backbone: s
     model = PlainClassifier(build_backbone(backbone, in_chans), splits.num_classes, BASELINES[name].normed_classifier)
     started = time.perf_counter()
     loss_fn = loss_for(name, splits.class_counts, config)
-    if resumable is None:
-        history = fit(model, splits.train, loss_fn, config, val_set=splits.val)
-    else:
-        from ltcore.run import fit_resumable
-
-        history = fit_resumable(model, splits, loss_fn, config, resumable)
+    history = fit_or_resume(model, splits, loss_fn, config, splits.val, resumable)
     predictions = predict(model, splits.test, config.eval_batch_size, progress=progress)
     seconds = time.perf_counter() - started
     shots = evaluate(predictions, splits.class_counts)

@@ -60,7 +60,8 @@ class Profile:
     description: str
     overrides: dict = field(default_factory=dict)  # notebook stem or "*" -> {PARAMETER: value}
     notebooks: Optional[tuple] = None  # prefixes of the notebooks it runs (None: every notebook)
-    fixtures: tuple = ()  # ltcore.data.fixtures formats written into <output>/fixtures/<format> before running
+    # ltcore.data.fixtures format -> (classes, max_per_class), written into <output>/fixtures/<format> before running
+    fixtures: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)  # variables the kernels get ("{output}" is the output folder)
 
     def parameters_for(self, notebook: str, output_dir: Path = Path(".")) -> dict:
@@ -133,7 +134,8 @@ PROFILES = {
         "the full profile's code paths on fixture datasets of the real formats, scaled down: minutes on a CPU "
         "(part of make test)",
         SMOKE_OVERRIDES, notebooks=tuple(sorted(stem[:2] for stem in SMOKE_OVERRIDES if stem != "*")),
-        fixtures=tuple(SMOKE_FIXTURES), environment={"LTCORE_CACHE": "{output}/cache"},
+        fixtures={format: (classes, max_per_class) for format, (classes, max_per_class, _) in SMOKE_FIXTURES.items()},
+        environment={"LTCORE_CACHE": "{output}/cache"},
     ),
 }
 
@@ -302,7 +304,7 @@ def run_plans(plan: RunPlan, jobs: int = 2) -> list[dict]:
         from ltcore.data.fixtures import make_fixture
 
         for format, folder in plan.fixtures.items():  # the same bytes again if already there
-            classes, max_per_class, _ = SMOKE_FIXTURES[format]
+            classes, max_per_class = PROFILES[plan.profile].fixtures[format]
             make_fixture(format, folder, classes=classes, max_per_class=max_per_class)
         print(f"[{plan.profile}] fixtures: {', '.join(str(folder) for folder in plan.fixtures.values())}", flush=True)
     # A reproduction's figures and results go beside its notebooks (the record stays as committed, and each

@@ -69,11 +69,11 @@ from ltcore.losses import build_loss
 from ltcore.metrics import shot_accuracy
 from ltcore.results import shot_row
 from ltcore.runconfig import ConfigError, RunConfig, iem_model_kwargs
-from ltcore.train import (History, TrainConfig, check_finite_weights, default_optimizers, lr_at, optimization_step,
-                          predict)
+from ltcore.train import (History, TrainConfig, check_finite_weights, default_optimizers, fit, lr_at,
+                          optimization_step, predict)
 
 __all__ = ["CHECKPOINT", "METRICS", "RESULTS", "RUN_FORMAT", "ItemSeeded", "Resumable", "Terminated", "build_model",
-           "epoch_loader", "fit_resumable", "notebook_run", "rac_settings", "retrieval_setup",
+           "epoch_loader", "fit_or_resume", "fit_resumable", "notebook_run", "rac_settings", "retrieval_setup",
            "single_threaded_worker", "train_config", "train_run"]
 
 RUN_FORMAT = "ltcore-run-v1"
@@ -251,6 +251,18 @@ def fit_resumable(model: nn.Module, splits, loss_fn, trainer: TrainConfig, run: 
     history, _, _ = _fit(model, splits, loss_fn, trainer, run.config, output, None, torch.Generator(),
                          run.max_steps, resume=True)
     return history
+
+
+def fit_or_resume(model: nn.Module, splits, loss_fn, trainer: TrainConfig, val_set=None,
+                  resumable: Optional[Resumable] = None) -> History:
+    """Train ``model`` on ``splits.train``, validating on ``val_set`` (or not, if None): with the teaching loop
+    (:func:`ltcore.train.fit`), or, given ``resumable``, with the train command's (:func:`fit_resumable`). The
+    library's training functions call it, so that both loops see the same validation split; RAC reads ``val``'s
+    neighbours while it validates."""
+    if resumable is None:
+        with _evaluating_on(model, "val"):
+            return fit(model, splits.train, loss_fn, trainer, val_set=val_set)
+    return fit_resumable(model, dataclasses.replace(splits, val=val_set), loss_fn, trainer, resumable)
 
 
 def loss_options(config: RunConfig, trainer: TrainConfig) -> dict:

@@ -143,7 +143,7 @@ def test_same_seed_same_run_and_the_method_name_can_be_given(splits, iem_run):
 
 
 def test_iem_starts_from_the_plain_models_backbone(monkeypatch, splits):
-    """With the same seed, train_iem and train_baseline hand fit the same initial backbone weights."""
+    """With the same seed, train_iem and train_baseline hand the trainer the same initial backbone weights."""
     initial = {}
 
     class Stop(Exception):
@@ -155,8 +155,8 @@ def test_iem_starts_from_the_plain_models_backbone(monkeypatch, splits):
             raise Stop
         return fake_fit
 
-    monkeypatch.setattr(ltcore.experiments, "fit", record("plain"))
-    monkeypatch.setattr(ltcore.iem.train, "fit", record("iem"))
+    monkeypatch.setattr(ltcore.experiments, "fit_or_resume", record("plain"))
+    monkeypatch.setattr(ltcore.iem.train, "fit_or_resume", record("iem"))
     with pytest.raises(Stop):
         train_baseline("CE", splits, CONFIG, backbone="test_resnet", progress=False)
     with pytest.raises(Stop):
@@ -168,7 +168,7 @@ def test_iem_starts_from_the_plain_models_backbone(monkeypatch, splits):
 @pytest.mark.hostile
 @pytest.mark.parametrize("threshold", [math.nan, math.inf, 1.5, -0.1])
 def test_a_bad_open_threshold_stops_before_training(monkeypatch, splits, threshold):
-    monkeypatch.setattr(ltcore.iem.train, "fit", lambda *args, **kwargs: pytest.fail("training started"))
+    monkeypatch.setattr(ltcore.iem.train, "fit_or_resume", lambda *args, **kwargs: pytest.fail("training started"))
     with pytest.raises(ValueError, match="open_threshold"):
         train_iem(splits, CONFIG, variant="test", open_threshold=threshold, progress=False)
 

@@ -44,7 +44,8 @@ from ltcore.iem.model import ABLATIONS, IEMClassifier, build_iem
 from ltcore.losses import build_loss
 from ltcore.metrics import known_class_shot_accuracy, open_set_f_measure, open_set_predictions
 from ltcore.results import shot_row
-from ltcore.train import TrainConfig, fit, predict
+from ltcore.run import fit_or_resume
+from ltcore.train import TrainConfig, predict
 
 __all__ = ["BRANCHES", "open_set_metrics", "open_set_result_row", "rewrite_memories", "train_iem"]
 
@@ -127,7 +128,7 @@ def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = N
     ``validate``: score ``splits.val`` after every epoch (``val_top1`` in the history). ``final_rewrite``: our
     variant, :func:`rewrite_memories` on the un-augmented training split after training (counted in ``seconds``).
     ``resumable`` (a :class:`ltcore.run.Resumable`): train with the train command's checkpointed, resumable loop
-    (:func:`ltcore.run.fit_resumable`, which validates every epoch) instead of :func:`ltcore.train.fit`, as the
+    (:func:`ltcore.run.fit_resumable`) instead of :func:`ltcore.train.fit`, as the
     notebooks' full profile does.
 
     Returns a dict: ``row`` (results row, :func:`open_set_result_row` with ``epochs``, or a closed-set
@@ -142,13 +143,8 @@ def train_iem(splits: LTSplits, config: TrainConfig, ablation: Optional[str] = N
     seed_everything(config.seed)  # the initial weights must not depend on what ran before in the process
     model = build_iem(variant, splits.num_classes, ablation=ablation, in_chans=in_chans, **iem_settings)
     started = time.perf_counter()
-    if resumable is None:
-        history = fit(model, splits.train, build_loss("ce", splits.class_counts), config,
-                      val_set=splits.val if validate else None)
-    else:
-        from ltcore.run import fit_resumable
-
-        history = fit_resumable(model, splits, build_loss("ce", splits.class_counts), config, resumable)
+    history = fit_or_resume(model, splits, build_loss("ce", splits.class_counts), config,
+                            splits.val if validate else None, resumable)
     if final_rewrite:
         rewrite_memories(model, evaluation_view(splits.train, splits.test), config.eval_batch_size)
     predictions = predict(model, splits.test, config.eval_batch_size, progress=progress)

@@ -94,7 +94,8 @@ from ltcore.rac.index import VectorIndex
 from ltcore.rac.model import DROP_RULES, PAPER_K, RACModel, RetrievalModule, label_texts, mode_branches
 from ltcore.rac.text_encoders import TEXT_ENCODERS, TextEncoder, build_text_encoder, has_transformer
 from ltcore.results import shot_row
-from ltcore.train import TrainConfig, fit, predict
+from ltcore.run import fit_or_resume
+from ltcore.train import TrainConfig, predict
 
 DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"
 DEFAULT_IMAGE_SIZE = 64  # CPU-sized; the paper's ViT-B-16 sees 224 px
@@ -391,13 +392,7 @@ def train_rac(
         raise ValueError("the retrieval set-up has no test embeddings (embed_splits must contain 'test')")
     config = settings.train_config(config)
     started = time.perf_counter()
-    if resumable is None:
-        with classifier.evaluating_on("val"):
-            history = fit(classifier, splits.train, loss_fn, config, val_set=val_set)
-    else:
-        from ltcore.run import fit_resumable
-
-        history = fit_resumable(classifier, replace(splits, val=val_set), loss_fn, config, resumable)
+    history = fit_or_resume(classifier, splits, loss_fn, config, val_set, resumable)
     with classifier.evaluating_on("test"):
         predictions = predict(classifier, splits.test, config.eval_batch_size, progress=progress)
     seconds = time.perf_counter() - started
